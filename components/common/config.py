@@ -1,0 +1,385 @@
+"""The one configuration schema shared by the CLI, the pipeline and the tests.
+
+A config is a YAML file with the sections below. Unknown keys are errors, and every error names
+the YAML path (and line, when it came from a file) and what was expected, so that a typo such as
+``train.lora.rank`` fails at load time instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.common.errors import KubetuneError
+
+
+class ConfigError(KubetuneError, ValueError):
+    """A config that does not match the schema. The message names the file, path and line."""
+
+
+class Section(BaseModel):
+    # extra="forbid": unknown keys are errors. validate_assignment so tests that tweak a loaded
+    # config (cfg.train.lr = -1) still go through validation.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+DataFormat = Literal["auto", "alpaca", "chat", "prompt_completion", "text"]
+Policy = Literal["fail", "skip"]
+
+
+# ----------------------------------------------------------------------------------------------
+# model / data / prepare
+# ----------------------------------------------------------------------------------------------
+class ModelConfig(Section):
+    name: str = Field(description="Model name used for releases and serving, e.g. 'contracts-llama'.",
+                      pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    base: str = Field(description="Base model: a local path, file://, s3:// (a prefix with a manifest) "
+                                  "or hf://org/name[@revision].")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off by "
+                                                       "default: it executes arbitrary code.")
+    allow_pickle: bool = Field(False, description="Allow .bin/.pt (pickle) weights. Off by default: "
+                                                  "only safetensors are loaded.")
+    dtype: DType = Field("auto", description="Weights dtype for training/merge; auto = bf16 on GPUs "
+                                             "that support it, else float32.")
+    chat_template: str | None = Field(None, description="Override the tokenizer's chat template: a path "
+                                                        "to a .jinja file. Default: the model's own.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+class DataSource(Section):
+    uri: str = Field(description="JSONL, JSON or Parquet file (local, file://, s3://, hf://) or an "
+                                 "s3:// prefix, meaning every matching object under it.")
+    name: str | None = Field(None, description="Source tag kept on every record; default: file stem.")
+    weight: float = Field(1.0, gt=0, description="Mixing weight; weights are normalised to fractions "
+                                                 "of the final mix.")
+    format: DataFormat = "auto"
+
+
+class DataConfig(Section):
+    sources: list[DataSource] = Field(min_length=1)
+    general_eval: str | None = Field(None, description="Optional JSONL of {prompt, reference} used by "
+                                                       "eval to measure regression on general text.")
+
+
+class ProblemPolicy(Section):
+    """What to do with each kind of bad record: fail the step, or skip it and count it."""
+
+    malformed_json: Policy = "fail"
+    invalid_utf8: Policy = "fail"
+    wrong_type: Policy = "skip"
+    missing_field: Policy = "skip"
+    unknown_role: Policy = "skip"
+    empty_output: Policy = "skip"
+
+
+class PrepareConfig(Section):
+    max_seq_len: int = Field(2048, gt=0, description="Token limit of prompt + completion.")
+    length_policy: Literal["drop", "truncate"] = "drop"
+    test_ratio: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard threshold; 1 "
+                                                                    "disables near-duplicate removal.")
+    minhash_num_perm: int = Field(128, ge=16)
+    decontaminate: bool = True
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    max_records: int | None = Field(None, gt=0, description="Cap on records after mixing.")
+    policy: ProblemPolicy = ProblemPolicy()
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+
+class QLoraConfig(Section):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class TrainConfig(Section):
+    method: Literal["lora", "qlora", "full"] = "qlora"
+    lora: LoraConfig = LoraConfig()
+    qlora: QLoraConfig = QLoraConfig()
+    loss: Literal["completion_only", "full_sequence"] = "completion_only"
+    epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0.")
+    per_device_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(4, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.001, ge=0)
+    max_grad_norm: float = Field(0.3, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    optim: str = Field("paged_adamw_32bit", description="Any transformers optimizer name.")
+    gradient_checkpointing: bool = True
+    packing: bool = False
+    padding_free: bool = False
+    eval_steps: int = Field(50, gt=0)
+    save_steps: int = Field(100, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0, description="Evals without eval-loss "
+                                                                         "improvement before stopping.")
+    seed: int = 42
+    report_to: list[str] = Field(default_factory=list, description="wandb, mlflow, tensorboard...")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL; the env var "
+                                                      "PROMETHEUS_PUSHGATEWAY is used when unset.")
+
+
+# ----------------------------------------------------------------------------------------------
+# eval / merge / quantize / publish / serve
+# ----------------------------------------------------------------------------------------------
+Metric = Literal["perplexity", "rouge_l", "exact_match", "json_valid", "json_field_f1", "label_accuracy"]
+
+
+class GateConfig(Section):
+    primary_metric: Metric = "json_field_f1"
+    min_primary_improvement: float = Field(0.0, description="tuned - base must be at least this.")
+    max_general_ppl_regression_pct: float | None = Field(None, ge=0, description="Max % rise of "
+                                                                                 "general-set perplexity.")
+    min_json_valid_rate: float | None = Field(None, ge=0, le=1)
+
+
+class EvalConfig(Section):
+    metrics: list[Metric] = Field(default_factory=lambda: ["perplexity", "rouge_l", "exact_match",
+                                                           "json_valid", "json_field_f1"])
+    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_examples: int | None = Field(None, gt=0)
+    num_samples_in_report: int = Field(10, ge=0)
+    lm_eval_tasks: list[str] = Field(default_factory=list)
+    gate: GateConfig = GateConfig()
+
+
+class MergeConfig(Section):
+    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    max_shard_size: str = "5GB"
+    verify_prompts: int = Field(4, gt=0)
+
+
+class QuantizeConfig(Section):
+    types: list[str] = Field(default_factory=lambda: ["Q4_K_M", "Q8_0"], min_length=1)
+    outtype: Literal["f16", "bf16", "f32"] = "f16"
+    max_ppl_delta_pct: float = Field(5.0, gt=0, description="Fail when a quantized file's perplexity "
+                                                            "exceeds the f16 one by more than this.")
+
+
+class PublishConfig(Section):
+    version: str | None = Field(None, description="Release version; default: UTC time + run id.")
+    skip_if_no_new_data: bool | None = Field(None, description="End early when the data hash equals "
+                                                               "the latest release's. Default: on for "
+                                                               "scheduled runs.")
+
+
+class ServeConfig(Section):
+    served_model_name: str | None = None
+    max_model_len: int = Field(4096, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# storage / cluster
+# ----------------------------------------------------------------------------------------------
+class StorageConfig(Section):
+    root: str = Field(description="Where runs and releases live: s3://bucket/prefix, file:// or a path. "
+                                  "Runs go to <root>/runs/<run-id>/<step>/, releases to "
+                                  "<root>/releases/<model>/<version>/.")
+
+
+class Toleration(Section):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class Images(Section):
+    base: str = ""
+    train: str = ""
+    gguf: str = ""
+
+
+class GpuRequest(Section):
+    count: Annotated[int, Field(ge=0)] = 1
+    accelerator_type: str | None = Field(None, description="e.g. nvidia-a100-80gb (node label value).")
+
+
+class StepOptions(Section):
+    use_gpu: bool = False
+    caching: bool = True
+    retries: int = Field(2, ge=0)
+
+
+class ClusterConfig(Section):
+    images: Images = Images()
+    gpu: GpuRequest = GpuRequest()
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    s3_secret_name: str = Field("kubetune-s3", description="Secret with AWS_ACCESS_KEY_ID, "
+                                                           "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3.")
+    cache_pvc: str | None = None
+    steps: dict[Literal["prepare", "train", "eval", "merge", "quantize", "publish"], StepOptions] = \
+        Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+class KubetuneConfig(Section):
+    model: ModelConfig
+    data: DataConfig
+    storage: StorageConfig
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    merge: MergeConfig = MergeConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    publish: PublishConfig = PublishConfig()
+    serve: ServeConfig = ServeConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _lora_targets_not_empty(self) -> KubetuneConfig:
+        targets = self.train.lora.target_modules
+        if isinstance(targets, list) and not targets:
+            raise ValueError("train.lora.target_modules: expected 'all-linear' or a non-empty list")
+        return self
+
+    def step(self, name: str) -> StepOptions:
+        """Per-step cluster options; train uses a GPU unless the config says otherwise."""
+        default = StepOptions(use_gpu=(name == "train"))
+        return self.cluster.steps.get(name, default)  # type: ignore[arg-type]
+
+    def content_hash(self) -> str:
+        """Stable hash of the whole config, recorded in manifests for lineage and caching."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading with errors that point at the YAML
+# ----------------------------------------------------------------------------------------------
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each YAML path (tuple of keys/indices) to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                walk(value_node, path + (key_node.value,))
+                lines[path + (key_node.value,)] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _expected(err: dict[str, Any]) -> str:
+    """What pydantic expected, in words ('greater than 0', "'lora', 'qlora' or 'full'", ...)."""
+    if err["type"] == "string_pattern_mismatch":
+        return f"a string matching {err['ctx']['pattern']}"
+    return err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str | int | float | bool | None) else type(value).__name__
+
+
+def _is_pydantic_loc_label(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "[key]")
+                                      or part.startswith(("list[", "literal[", "function-")))
+
+
+def format_validation_error(exc: ValidationError, source: str, lines: dict[tuple, int] | None = None) -> str:
+    # Group by YAML path: a union field (e.g. target_modules: 'all-linear' | list) yields one error
+    # per alternative, which reads better as one line "expected A or B".
+    grouped: dict[tuple, list[dict[str, Any]]] = {}
+    for err in exc.errors():
+        # pydantic puts union-member and validator names into loc; they are not YAML keys.
+        path = tuple(p for p in err["loc"] if not _is_pydantic_loc_label(p))
+        grouped.setdefault(path, []).append(err)
+    problems = []
+    for path, errs in grouped.items():
+        dotted = ".".join(str(p) for p in path) or "<top level>"
+        line = None
+        for n in range(len(path), -1, -1):
+            if lines and path[:n] in lines:
+                line = lines[path[:n]]
+                break
+        where = f"{source}:{line}" if line else source
+        kinds = {e["type"] for e in errs}
+        if kinds == {"extra_forbidden"}:
+            what = "unknown key (not in the schema; check the spelling)"
+        elif kinds == {"missing"}:
+            what = "required field is missing"
+        else:
+            expected = " or ".join(dict.fromkeys(_expected(e) for e in errs))
+            what = f"expected {expected} (got {_shown(errs[0].get('input'))})"
+        problems.append(f"  {where}: {dotted}: {what}")
+    return f"invalid config {source}:\n" + "\n".join(problems)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> KubetuneConfig:
+    """Load and validate a YAML config. Raises ConfigError with YAML paths and line numbers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _yaml_lines(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, storage, ...), "
+                          f"got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return config_from_dict(data, source=str(path), lines=lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>",
+                     lines: dict[tuple, int] | None = None) -> KubetuneConfig:
+    try:
+        return KubetuneConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, lines)) from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def dump_config(cfg: KubetuneConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    return KubetuneConfig.model_json_schema()
