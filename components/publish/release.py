@@ -1,0 +1,108 @@
+"""The release format: `<root>/releases/<model>/<version>/` with `release.json`, and fetching it.
+
+A release is a published directory (files first, `_manifest.json` last) holding:
+  merged/    the merged model (safetensors, tokenizer, chat template) - what vLLM serves
+  adapter/   the LoRA adapter (absent for full fine-tuning)
+  gguf/      GGUF files and Ollama Modelfiles, when the quantize step ran
+  release.json   what is in it: every file's sha256, eval results, gate verdict, chat template,
+                 lineage, and serving hints
+  values.yaml    a values snippet for charts/vllm that pins this release
+
+Releases are immutable: publishing over an existing version is refused, and serving always pins a
+version URI (never "latest").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from components.common import storage
+from components.common.errors import KubetuneError
+
+log = logging.getLogger(__name__)
+
+RELEASE_SCHEMA = "kubetune.release/v1"
+RELEASE_FILE = "release.json"
+VALUES_FILE = "values.yaml"
+PARTS = ("merged", "adapter", "gguf")
+# Written into a fetch destination after every file is verified: a warm volume with this marker and
+# matching hashes is reused without downloading anything.
+FETCH_MARKER = ".kubetune-release.json"
+
+
+class ReleaseError(KubetuneError):
+    """A release that is missing, incomplete, refused or corrupt."""
+
+
+def release_uri(root: str, model: str, version: str) -> str:
+    return storage.join_uri(root, "releases", model, version)
+
+
+def read_release(uri: str) -> dict:
+    """release.json of a complete release (one whose manifest exists)."""
+    if storage.read_manifest(uri) is None:
+        raise ReleaseError(f"{uri}: no complete release here (no {storage.MANIFEST_NAME}); expected the "
+                           "URI of a published release, e.g. s3://bucket/prefix/releases/<model>/<version>")
+    path = storage.fetch_file(storage.join_uri(uri, RELEASE_FILE))
+    try:
+        release = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ReleaseError(f"{storage.join_uri(uri, RELEASE_FILE)}: not valid JSON ({e})") from e
+    if release.get("schema") != RELEASE_SCHEMA:
+        raise ReleaseError(f"{uri}/{RELEASE_FILE}: schema {release.get('schema')!r}, "
+                           f"expected {RELEASE_SCHEMA!r}")
+    return release
+
+
+def fetch_release(uri: str, dest: str | os.PathLike, parts: tuple[str, ...] = ("merged",)) -> dict:
+    """Download the given parts of a release into dest, verifying each file's sha256 against
+    release.json. Files already in dest with the right hash are kept (a warm PVC downloads nothing).
+    Returns {"downloaded": n, "reused": n, "bytes": n}."""
+    release = read_release(uri)
+    dest = Path(dest)
+    counts = {"downloaded": 0, "reused": 0, "bytes": 0}
+    for part in parts:
+        info = release["artifacts"].get(part)
+        if info is None:
+            raise ReleaseError(f"{uri}: release has no {part!r} part (it has: "
+                               f"{', '.join(release['artifacts']) or 'none'})")
+        for entry in info["files"]:
+            target = dest / part / entry["path"]
+            if target.is_file() and storage.sha256_file(target) == entry["sha256"]:
+                counts["reused"] += 1
+                continue
+            partial = target.with_name(target.name + ".partial")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            storage.download_file(storage.join_uri(uri, part, entry["path"]), partial)
+            actual = storage.sha256_file(partial)
+            if actual != entry["sha256"]:
+                partial.unlink()
+                expected = storage.FileEntry(entry["path"], entry["size"], entry["sha256"])
+                part_uri = storage.join_uri(uri, part)
+                raise storage.HashMismatch(storage.mismatch_message(part_uri, expected, actual))
+            os.replace(partial, target)
+            counts["downloaded"] += 1
+            counts["bytes"] += entry["size"]
+    marker = {"release": uri, "version": release["version"], "parts": list(parts)}
+    (dest / FETCH_MARKER).write_text(json.dumps(marker, indent=2))
+    return counts
+
+
+def part_entry(uri: str, local_dir: Path) -> dict:
+    """release.json's description of one part: its URI and each file's size and sha256."""
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != storage.MANIFEST_NAME)
+    return {"uri": uri, "files": [{"path": p.relative_to(local_dir).as_posix(), "size": p.stat().st_size,
+                                   "sha256": storage.sha256_file(p)} for p in files]}
+
+
+def copy_part(src: Path, dest: Path) -> None:
+    """Copy a step's output directory into the release staging area (without its manifest)."""
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name != storage.MANIFEST_NAME:
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
