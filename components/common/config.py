@@ -76,6 +76,9 @@ class ProblemPolicy(Section):
     missing_field: Policy = "skip"
     unknown_role: Policy = "skip"
     empty_output: Policy = "skip"
+    # A conversation the base model's chat template rejects (e.g. roles that do not alternate, which
+    # Mistral-style templates raise on) is a problem with that record, not with the whole run.
+    template_error: Policy = "skip"
 
 
 class PrepareConfig(Section):
@@ -173,6 +176,16 @@ class QuantizeConfig(Section):
     outtype: Literal["f16", "bf16", "f32"] = "f16"
     max_ppl_delta_pct: float = Field(5.0, gt=0, description="Fail when a quantized file's perplexity "
                                                             "exceeds the f16 one by more than this.")
+    eval_records: int = Field(32, gt=0, description="Test-split records scored for perplexity and top-1 "
+                                                    "agreement (the first N, so every run uses the same).")
+    eval_max_tokens: int = Field(512, ge=16, description="Tokens per scored record at most (cut beyond).")
+    generate_tokens: int = Field(64, gt=0, description="Greedy tokens generated per check prompt.")
+    hf_reference: bool = Field(True, description="Also score the merged model itself with transformers on "
+                                                 "the same tokens (needs the RAM to load it on CPU).")
+    pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer name (e.g. llama-bpe) for "
+                                                        "a BPE tokenizer that neither llama.cpp's converter "
+                                                        "nor kubetune recognizes. Default: detected.")
+    threads: int | None = Field(None, gt=0, description="CPU threads for llama.cpp; default: all.")
 
 
 class PublishConfig(Section):
