@@ -56,7 +56,7 @@ def lineage(cfg: KubetuneConfig, names: Sequence[str], inputs: Sequence[Sequence
                           "bytes": f.path.stat().st_size, "weight": source.weight})
     blob = "\n".join(f"{f['source']}\t{f['weight']}\t{f['sha256']}" for f in files)
     return {
-        "inputs": files,
+        "data_files": files,
         "data_sha256": hashlib.sha256(blob.encode()).hexdigest(),
         "config_hash": cfg.content_hash(),
         "base_model": cfg.model.base,

@@ -29,6 +29,9 @@ RELEASE_SCHEMA = "kubetune.release/v1"
 RELEASE_FILE = "release.json"
 VALUES_FILE = "values.yaml"
 PARTS = ("merged", "adapter", "gguf")
+# What `kubetune fetch` can download: the release's parts, or "base", the base model named in the
+# release's lineage (for serving base + LoRA adapters instead of the merged model).
+FETCHABLE = (*PARTS, "base")
 # Written into a fetch destination after every file is verified: a warm volume with this marker and
 # matching hashes is reused without downloading anything.
 FETCH_MARKER = ".kubetune-release.json"
@@ -59,37 +62,65 @@ def read_release(uri: str) -> dict:
 
 
 def fetch_release(uri: str, dest: str | os.PathLike, parts: tuple[str, ...] = ("merged",)) -> dict:
-    """Download the given parts of a release into dest, verifying each file's sha256 against
-    release.json. Files already in dest with the right hash are kept (a warm PVC downloads nothing).
-    Returns {"downloaded": n, "reused": n, "bytes": n}."""
+    """Download the given parts of a release into dest/<part>/, verifying each file's sha256 against
+    release.json, and put release.json beside them. Files already in dest with the right hash are
+    kept (a warm PVC downloads nothing). Returns {"downloaded": n, "reused": n, "bytes": n}."""
     release = read_release(uri)
     dest = Path(dest)
     counts = {"downloaded": 0, "reused": 0, "bytes": 0}
+    (dest / FETCH_MARKER).unlink(missing_ok=True)  # incomplete until every part is verified again
     for part in parts:
+        if part == "base":
+            _fetch_base(release, dest / "base", counts)
+            continue
         info = release["artifacts"].get(part)
         if info is None:
             raise ReleaseError(f"{uri}: release has no {part!r} part (it has: "
                                f"{', '.join(release['artifacts']) or 'none'})")
+        part_uri = storage.join_uri(uri, part)
         for entry in info["files"]:
-            target = dest / part / entry["path"]
-            if target.is_file() and storage.sha256_file(target) == entry["sha256"]:
-                counts["reused"] += 1
-                continue
-            partial = target.with_name(target.name + ".partial")
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            storage.download_file(storage.join_uri(uri, part, entry["path"]), partial)
-            actual = storage.sha256_file(partial)
-            if actual != entry["sha256"]:
-                partial.unlink()
-                expected = storage.FileEntry(entry["path"], entry["size"], entry["sha256"])
-                part_uri = storage.join_uri(uri, part)
-                raise storage.HashMismatch(storage.mismatch_message(part_uri, expected, actual))
-            os.replace(partial, target)
-            counts["downloaded"] += 1
-            counts["bytes"] += entry["size"]
+            expected = storage.FileEntry(entry["path"], entry["size"], entry["sha256"])
+            _fetch_verified(storage.join_uri(part_uri, entry["path"]), dest / part / entry["path"], expected,
+                            part_uri, counts)
+    (dest / RELEASE_FILE).write_text(json.dumps(release, indent=2))
     marker = {"release": uri, "version": release["version"], "parts": list(parts)}
     (dest / FETCH_MARKER).write_text(json.dumps(marker, indent=2))
     return counts
+
+
+def _fetch_verified(uri: str, target: Path, expected: storage.FileEntry, base_uri: str, counts: dict) -> None:
+    if target.is_file() and storage.sha256_file(target) == expected.sha256:
+        counts["reused"] += 1
+        return
+    partial = target.with_name(target.name + ".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    storage.download_file(uri, partial)
+    actual = storage.sha256_file(partial)
+    if actual != expected.sha256:
+        partial.unlink()
+        raise storage.HashMismatch(storage.mismatch_message(base_uri, expected, actual))
+    os.replace(partial, target)  # a half-written or corrupt file never takes the final name
+    counts["downloaded"] += 1
+    counts["bytes"] += expected.size
+
+
+def _fetch_base(release: dict, dest: Path, counts: dict) -> None:
+    """The base model from the release lineage, through the verified cache, copied into dest."""
+    base = release["lineage"].get("base_model")
+    if not base:
+        raise ReleaseError(f"{release['uri']}: release.json names no base model (lineage.base_model)")
+    local = storage.fetch_model(base)
+    for path in sorted(local.rglob("*")):
+        if path.is_file() and path.name != storage.MANIFEST_NAME:
+            target = dest / path.relative_to(local)
+            if target.is_file() and target.stat().st_size == path.stat().st_size \
+                    and storage.sha256_file(target) == storage.sha256_file(path):
+                counts["reused"] += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            counts["downloaded"] += 1
+            counts["bytes"] += path.stat().st_size
 
 
 def part_entry(uri: str, local_dir: Path) -> dict:

@@ -5,20 +5,31 @@ kept, so a restart on a warm PVC downloads nothing; a wrong URI, a missing objec
 exits non-zero with one clear line, and a corrupted model is never left in place.
 """
 
-from components.publish.release import PARTS
+import argparse
+
+from components.publish.release import FETCHABLE
+
+
+def _parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in FETCHABLE]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(unknown) or '(none)'}; "
+                                         f"expected a comma-separated list of {', '.join(FETCHABLE)}")
+    return parts
 
 
 def add_arguments(parser):
     parser.add_argument("release", help="release URI, e.g. s3://bucket/prefix/releases/<model>/<version>")
     parser.add_argument("dest", help="local directory (the serving volume)")
-    parser.add_argument("--part", action="append", choices=PARTS, dest="parts",
-                        help="what to fetch (repeatable; default: merged)")
+    parser.add_argument("--parts", type=_parts, action="extend", default=[],
+                        help=f"comma-separated parts to fetch: {', '.join(FETCHABLE)} (default: merged)")
 
 
 def run(args) -> int:
     from components.publish.release import fetch_release
 
-    parts = tuple(args.parts or ["merged"])
+    parts = tuple(dict.fromkeys(args.parts or ["merged"]))
     counts = fetch_release(args.release, args.dest, parts)
     print(f"fetched {', '.join(parts)} of {args.release} into {args.dest}: {counts['downloaded']} file(s) "
           f"downloaded ({counts['bytes'] / 1e6:.1f} MB), {counts['reused']} already present and verified")

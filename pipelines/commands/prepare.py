@@ -7,6 +7,7 @@ publishes the files with `_manifest.json` written last. A failed run leaves no o
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -36,9 +37,8 @@ def run(args) -> int:
     # Heavy imports (transformers via the step) happen here, so `kubetune --help` stays fast.
     from components.common import storage
     from components.common.config import ConfigError, load_config
-    from components.prepare import step
+    from components.prepare.component import execute
     from components.prepare.problems import PrepareError
-    from components.prepare.sources import fetch_source, lineage
 
     overrides = {}
     for item in args.set:
@@ -61,25 +61,17 @@ def run(args) -> int:
         raise storage.StorageError(f"{args.output}: already holds a published output; choose a new "
                                    f"--output or pass --overwrite")
 
-    inputs = [fetch_source(s.uri) for s in cfg.data.sources]
-    tokenizer_uri = args.tokenizer or cfg.model.base
-    tokenizer_dir = storage.fetch_model(tokenizer_uri)
-    template = storage.fetch_file(cfg.model.chat_template).read_text(encoding="utf-8") \
-        if cfg.model.chat_template else None
-
     staging = Path(tempfile.mkdtemp(prefix="kubetune-prepare-"))
     try:
-        result = step.run(cfg, inputs, staging, tokenizer_dir, chat_template=template)
-        names = [step.source_name(s) for s in cfg.data.sources]
-        record = lineage(cfg, names, inputs, tokenizer_uri)
-        record["records"] = {"train": result.num_train, "test": result.num_test}
-        storage.publish_dir(staging, args.output, producer="prepare", lineage=record,
+        outcome = execute(cfg, {}, staging, tokenizer_uri=args.tokenizer)
+        storage.publish_dir(staging, args.output, producer="prepare", lineage=outcome.lineage,
                             overwrite=args.overwrite)
+        stats = json.loads((staging / "stats.json").read_text())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    stages = result.stats["stages"]
+    stages, m = stats["stages"], outcome.metrics
     print(f"prepare: {stages['read']} records read, {stages['valid']} valid, {stages['mixed']} after "
-          f"dedup/length/mixing -> {result.num_train} train + {result.num_test} test "
-          f"in {result.seconds:.1f} s")
+          f"dedup/length/mixing -> {m['records_train']} train + {m['records_test']} test "
+          f"in {outcome.seconds:.1f} s")
     print(f"prepare: published to {args.output} (report: {storage.join_uri(args.output, 'report.md')})")
     return 0

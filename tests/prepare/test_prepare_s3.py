@@ -36,7 +36,7 @@ def test_single_object_source_and_s3_output(s3_env, tmp_path, tokenizer_dir):
     assert manifest.producer == "prepare"
     assert {f.path for f in manifest.files} == {"train.jsonl", "test.jsonl", "stats.json", "report.md",
                                                  "token_lengths.png"}
-    [entry] = manifest.lineage["inputs"]
+    [entry] = manifest.lineage["data_files"]
     assert entry["uri"] == source and entry["sha256"] == storage.sha256_file(local)
     assert manifest.lineage["config_hash"] and manifest.lineage["data_sha256"]
     stats = json.loads(_read(output + "/stats.json"))

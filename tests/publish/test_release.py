@@ -105,3 +105,21 @@ def test_fetch_cli_errors(s3_env, tmp_path, capsys):
 def test_version_is_unique_per_run():
     assert publish.new_version("run-A") != publish.new_version("run-B")
     assert Path(publish.new_version("x")).name.startswith("2")
+
+
+def test_fetch_cli_parts_and_base(s3_env, run_outputs, tmp_path, capsys):
+    base = tmp_path / "base-model"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"base weights")
+    cfg = make_cfg(s3_env.uri("kt"))
+    cfg.model.base = str(base)
+    rel = publish.run(cfg, **run_outputs, run_id="r", version="v1")
+    dest = tmp_path / "serve"
+    assert main(["fetch", rel.uri, str(dest), "--parts=adapter,base"]) == 0
+    assert "2 file(s) downloaded" in capsys.readouterr().out
+    assert (dest / "base" / "model.safetensors").read_bytes() == b"base weights"
+    assert json.loads((dest / "release.json").read_text())["version"] == "v1"
+    assert not (dest / "merged").exists()
+    with pytest.raises(SystemExit):
+        main(["fetch", rel.uri, str(dest), "--parts=weights"])
+    assert "expected a comma-separated list of merged, adapter, gguf, base" in capsys.readouterr().err
