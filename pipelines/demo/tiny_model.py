@@ -1,0 +1,186 @@
+"""The tiny demo base model: a ~4.5M-parameter `LlamaForCausalLM`, briefly pre-trained on CPU.
+
+Sizes are chosen for llama.cpp: hidden (256) and intermediate (768) are multiples of 256, so the
+K-quants (Q4_K, Q6_K) really apply instead of silently falling back; heads 4 (head_dim 64) with 2
+key/value heads (GQA, which the converter handles); an untied output layer, as in Llama 3 8B.
+`rope_theta` stays at 10000, llama.cpp's default, so a converter that only reads the older
+top-level `rope_theta` key still gets the right value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODEL_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                   rope_theta=10000.0, tie_word_embeddings=False, hidden_act="silu")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    seed: int = 0
+    n_docs: int = 16000
+
+
+def make_config(tokenizer):
+    from transformers import LlamaConfig
+
+    shape = {k: v for k, v in MODEL_SHAPE.items() if k != "rope_theta"}
+    return LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": MODEL_SHAPE["rope_theta"]},
+        dtype="float32", **shape,
+    )
+
+
+def init_model(tokenizer, seed: int = 0):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(make_config(tokenizer))
+    model.generation_config = generation_config(tokenizer)
+    return model
+
+
+def generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def _pack(tokenizer, docs, seq_len: int) -> list[list[int]]:
+    """Tokenize documents (text gets bos...eos, conversations the chat template) and cut the stream
+    into `seq_len`-token sequences."""
+    texts = [d for d in docs if isinstance(d, str)]
+    chats = [d for d in docs if not isinstance(d, str)]
+    stream: list[int] = []
+    ids = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
+    rendered = [tokenizer.apply_chat_template(c, tokenize=False) for c in chats]
+    chat_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
+    text_iter, chat_iter = iter(ids), iter(chat_ids)
+    for d in docs:  # keep the original document order
+        stream += (next(text_iter) + [tokenizer.eos_token_id]) if isinstance(d, str) else next(chat_iter)
+    return [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+def training_threads() -> int:
+    """Threads for the pre-training matmuls: $KUBETUNE_DEMO_THREADS, else the cores this process may
+    use minus the load already on them. On a busy 2-core machine two spinning OpenMP threads run
+    about 4x slower than one, so sharing politely is also the fast choice."""
+    if os.environ.get("KUBETUNE_DEMO_THREADS"):
+        return max(1, int(os.environ["KUBETUNE_DEMO_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True) -> dict:
+    """Next-token pre-training on the corpus of `pipelines.demo.corpus`. Returns loss figures."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from pipelines.demo.corpus import pretraining_documents
+
+    started = time.monotonic()
+    train_seqs = _pack(tokenizer, pretraining_documents(settings.n_docs, settings.seed), settings.seq_len)
+    heldout = _pack(tokenizer, pretraining_documents(400, settings.seed + 10_000), settings.seq_len)[:16]
+    random.Random(settings.seed).shuffle(train_seqs)
+    data = torch.tensor(train_seqs, dtype=torch.long)
+    heldout_t = torch.tensor(heldout, dtype=torch.long)
+
+    previous_threads = torch.get_num_threads()
+    threads = training_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(settings.seed)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        groups = [{"params": decay, "weight_decay": settings.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.95))
+
+        def lr_at(step: int) -> float:
+            if step < settings.warmup_steps:
+                return (step + 1) / settings.warmup_steps
+            t = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        heldout_before = _eval_loss(model, heldout_t)
+        model.train()
+        losses: list[float] = []
+        bar = tqdm(range(settings.steps), desc="pre-training tiny model", disable=not progress, unit="step")
+        for step in bar:
+            start = (step * settings.batch_size) % max(1, len(data) - settings.batch_size)
+            batch = data[start:start + settings.batch_size]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        model.eval()
+        heldout_after = _eval_loss(model, heldout_t)
+    finally:
+        torch.set_num_threads(previous_threads)
+    tail = losses[-20:]
+    log.info("pre-trained %d steps on %d thread(s) in %.0fs: held-out loss %.3f -> %.3f", settings.steps,
+             threads, time.monotonic() - started, heldout_before, heldout_after)
+    return {
+        "steps": settings.steps, "tokens": settings.steps * settings.batch_size * settings.seq_len,
+        "seconds": round(time.monotonic() - started, 1), "threads": threads,
+        "first_loss": round(losses[0], 4) if losses else None,
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "heldout_loss_before": round(heldout_before, 4), "heldout_loss_after": round(heldout_after, 4),
+        "settings": asdict(settings),
+    }
+
+
+def _eval_loss(model, data) -> float:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = model(input_ids=data, labels=data).loss.item()
+    model.train(was_training)
+    return loss
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    """Weights (safetensors only), config, generation config and tokenizer with its chat template."""
+    from pipelines.demo.tokenizer import save_tokenizer
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    save_tokenizer(tokenizer, out_dir)
+    leftovers = [p.name for p in out_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    if leftovers:
+        raise RuntimeError(f"pickle weights written to {out_dir}: {leftovers}")
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
