@@ -57,7 +57,17 @@ class StepOutcome:
     cached_from: str | None = None  # the earlier output reused, when the cache hit
 
 
-Execute = Callable[[KubetuneConfig, dict[str, Path], Path], StepOutcome]
+@dataclass
+class StepContext:
+    """Where this run of the step lives: `<root>/runs/<run_id>/<step>/` is `output_uri`."""
+
+    run_id: str
+    run_root: str
+    output_uri: str
+    lineage: dict = field(default_factory=dict)  # what the input manifests recorded, merged
+
+
+Execute = Callable[[KubetuneConfig, dict[str, Path], Path, StepContext], StepOutcome]
 
 
 def read_input_manifest(artifact_path: str) -> storage.Manifest:
@@ -98,18 +108,25 @@ def _record_cache(cfg: KubetuneConfig, step: str, key: str, output: storage.Mani
                             lineage={"output": output.uri, "content_hash": output.content_hash()})
 
 
-def run_step(step: str, config_json: str, run_root: str, inputs: dict[str, str], execute: Execute,
+def run_step(step: str, config_json: str, run_id: str, inputs: dict[str, str], execute: Execute,
              *, use_cache: bool = True) -> tuple[storage.Manifest, StepOutcome, Path]:
     """Resolve inputs, run `execute` (or reuse a cached output), publish. Returns the output manifest,
     the outcome, and a local directory holding the outputs (for reports)."""
     cfg = KubetuneConfig.model_validate_json(config_json)
+    run_root = storage.join_uri(cfg.storage.root, "runs", run_id)
+    ctx = StepContext(run_id=run_id, run_root=run_root, output_uri=storage.join_uri(run_root, step))
     manifests = {name: read_input_manifest(path) for name, path in inputs.items()}
     key = cache_key(step, cfg, manifests)
     if use_cache and step in CACHE_SECTIONS and (hit := _cached_output(cfg, step, key)) is not None:
         local = storage.fetch_dir(hit.uri)
         outcome = StepOutcome(**json.loads((local / OUTCOME_FILE).read_text()))
         outcome.cached_from = hit.uri
+        outcome.seconds = 0.0
         log.info("%s: cache hit (key %s): reusing %s", step, key[:12], hit.uri)
+        # The run's own folder records the reuse, so a run's history is complete without KFP's UI.
+        with tempfile.TemporaryDirectory() as note:
+            (Path(note) / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
+            storage.publish_dir(note, ctx.output_uri, producer=step, lineage={"cached_from": hit.uri})
         return hit, outcome, local
 
     local_inputs = {name: storage.fetch_dir(m.uri) for name, m in manifests.items()}
@@ -120,13 +137,14 @@ def run_step(step: str, config_json: str, run_root: str, inputs: dict[str, str],
         for k, v in m.lineage.items():
             if k not in ("step_inputs", "cache_key", "config_hash"):
                 lineage.setdefault(k, v)
+    ctx.lineage = dict(lineage)
     staging = Path(tempfile.mkdtemp(prefix=f"kubetune-{step}-"))
     started = time.monotonic()
-    outcome = execute(cfg, local_inputs, staging)
+    outcome = execute(cfg, local_inputs, staging, ctx)
     outcome.seconds = round(time.monotonic() - started, 3)
     lineage.update(outcome.lineage)
     (staging / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
-    output = storage.publish_dir(staging, storage.join_uri(run_root, step), producer=step, lineage=lineage)
+    output = storage.publish_dir(staging, ctx.output_uri, producer=step, lineage=lineage)
     if step in CACHE_SECTIONS:
         _record_cache(cfg, step, key, output)
     return output, outcome, staging
@@ -155,9 +173,8 @@ def kfp_main(step: str, execute: Execute, *, config: str, run_id: str, job_id: s
     `output`/`metrics`/`html` are the component's KFP output artifacts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = KubetuneConfig.model_validate_json(config)
-    run_root = storage.join_uri(cfg.storage.root, "runs", run_id or job_id)
     try:
-        manifest, outcome, local = run_step(step, config, run_root, {k: a.path for k, a in inputs.items()},
+        manifest, outcome, local = run_step(step, config, run_id or job_id, {k: a.path for k, a in inputs.items()},
                                             execute, use_cache=cfg.step(step).caching)
     except KubetuneError as e:
         log.error("%s failed: %s", step, e)  # one clear line in the pod log, then the traceback

@@ -1,0 +1,43 @@
+"""The eval step as a KFP component: base vs tuned on the test split, and the gate.
+
+The component returns the gate verdict as its output parameter, so the pipeline can branch on it
+with dsl.If; `gate.json` in its output says why.
+"""
+
+import time
+from pathlib import Path
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Metrics, Output
+
+from components.common import storage
+from components.common.config import KubetuneConfig
+from components.common.kfp_step import StepContext, StepOutcome
+
+
+def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext | None = None) \
+        -> StepOutcome:
+    from components.evaluate import step
+
+    started = time.monotonic()
+    base_dir = storage.fetch_model(cfg.model.base, allow_pickle=cfg.model.allow_pickle)
+    result = step.run(cfg, base_dir, inputs["adapter"], inputs["dataset"], output_dir, base_uri=cfg.model.base)
+    return StepOutcome(metrics=step.flat_metrics(result.results), report="report.md",
+                       flags={"gate_passed": result.passed}, seconds=round(time.monotonic() - started, 3))
+
+
+def evaluate(config: str, run_id: str, job_id: str, dataset: Input[Artifact], adapter: Input[Artifact],
+             evaluation: Output[Artifact], metrics: Output[Metrics], report: Output[HTML]) -> bool:
+    """Compare base and tuned; returns whether the gate passed."""
+    from components.common.kfp_step import kfp_main
+    from components.evaluate.component import execute
+
+    outcome = kfp_main("eval", execute, config=config, run_id=run_id, job_id=job_id,
+                       inputs={"dataset": dataset, "adapter": adapter}, output=evaluation, metrics=metrics,
+                       html=report)
+    return bool(outcome.flags["gate_passed"])
+
+
+def build(cfg: KubetuneConfig):
+    image = (cfg.cluster.images.train if cfg.step("eval").use_gpu else cfg.cluster.images.base) or "python:3.11-slim"
+    return dsl.component(evaluate, base_image=image, install_kfp_package=False)

@@ -1,0 +1,42 @@
+"""The publish step as a KFP component: the run's outputs in, an immutable release out."""
+
+import json
+from pathlib import Path
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Metrics, Output
+
+from components.common.config import KubetuneConfig
+from components.common.kfp_step import StepContext, StepOutcome
+
+LINEAGE_KEYS = ("data_files", "data_sha256", "base_model", "tokenizer", "records", "train_method", "train_steps")
+
+
+def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext) -> StepOutcome:
+    from components.publish import step
+
+    lineage = {key: ctx.lineage[key] for key in LINEAGE_KEYS if key in ctx.lineage}
+    release = step.run(cfg, merged=inputs["merged"], adapter=inputs["adapter"],
+                       gguf=inputs["gguf"], eval_dir=inputs["evaluation"], lineage=lineage, run_id=ctx.run_id)
+    (output_dir / "release.json").write_text(json.dumps(release.release, indent=2))
+    (output_dir / "report.md").write_text(f"# Release {release.version}\n\n`{release.uri}`\n\n"
+                                          f"Gate passed: {release.release['gate'].get('passed')}\n")
+    return StepOutcome(report="report.md", flags={"release_uri": release.uri, "version": release.version})
+
+
+def publish(config: str, run_id: str, job_id: str, dataset: Input[Artifact], adapter: Input[Artifact],
+            evaluation: Input[Artifact], merged: Input[Artifact], gguf: Input[Artifact], release: Output[Artifact],
+            metrics: Output[Metrics], report: Output[HTML]) -> str:
+    """Publish the release; returns its URI."""
+    from components.common.kfp_step import kfp_main
+    from components.publish.component import execute
+
+    outcome = kfp_main("publish", execute, config=config, run_id=run_id, job_id=job_id,
+                       inputs={"dataset": dataset, "adapter": adapter, "evaluation": evaluation, "merged": merged,
+                               "gguf": gguf}, output=release, metrics=metrics, html=report)
+    return str(outcome.flags["release_uri"])
+
+
+def build(cfg: KubetuneConfig):
+    return dsl.component(publish, base_image=cfg.cluster.images.base or "python:3.11-slim",
+                         install_kfp_package=False)
