@@ -20,6 +20,20 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("s3", "s3", "Run a local SeaweedFS S3 server for development and tests."),
     ("demo-assets", "demo_assets", "Build the tiny demo base model, tokenizer and synthetic dataset."),
     ("prepare", "prepare", "Validate, dedup, filter and split a dataset."),
+    ("eval", "eval", "Compare base and tuned on the test split, write the report and the gate verdict."),
+    ("merge", "merge", "Merge a LoRA adapter into its base, verify the logits, save sharded safetensors."),
+    ("train", "train", "Fine-tune (LoRA, QLoRA or full) on a prepared dataset; resumes from checkpoints."),
+    ("plan", "plan", "Estimate GPU memory for a training config from config.json alone."),
+    ("fetch", "fetch", "Download a release for serving, verifying every file's sha256."),
+    ("compile", "compile", "Compile the pipeline to KFP YAML (and Kubernetes-native manifests)."),
+    ("run-local", "run_local", "Run the whole pipeline locally with the KFP SubprocessRunner."),
+    ("submit", "submit", "Upload (or version) the pipeline to KFP and start a run; prints the run URL."),
+    ("schedule", "schedule", "Create a KFP recurring run (cron) of the pipeline with scheduled=true."),
+    ("runs", "runs", "List the runs on a KFP server and their states."),
+    ("demo", "demo", "The main job: build the demo assets, start a local S3, run the pipeline locally."),
+    ("promote", "promote", "Pin a published release in an environment's charts/vllm values file (GitOps)."),
+    ("doctor", "doctor", "Check a cluster before the first run: GPU nodes, namespace, Secret, PVC, KFP."),
+    ("quantize", "quantize", "Convert a merged model to verified GGUF files (llama.cpp) with Ollama Modelfiles."),
 ]
 
 
