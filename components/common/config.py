@@ -169,6 +169,9 @@ class MergeConfig(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     max_shard_size: str = "5GB"
     verify_prompts: int = Field(4, gt=0)
+    verify_tolerance: float | None = Field(None, gt=0, description="Max |logit difference| between the merged "
+                                                                   "model and adapter-on-base; default: by "
+                                                                   "dtype, relative to the largest logit.")
 
 
 class QuantizeConfig(Section):

@@ -39,5 +39,6 @@ def evaluate(config: str, run_id: str, job_id: str, dataset: Input[Artifact], ad
 
 
 def build(cfg: KubetuneConfig):
-    image = (cfg.cluster.images.train if cfg.step("eval").use_gpu else cfg.cluster.images.base) or "python:3.11-slim"
+    # The train image: this step needs torch and peft (the base image has neither), GPU or not.
+    image = cfg.cluster.images.train or "python:3.11-slim"
     return dsl.component(evaluate, base_image=image, install_kfp_package=False)

@@ -36,5 +36,6 @@ def merge(config: str, run_id: str, job_id: str, adapter: Input[Artifact], model
 
 
 def build(cfg: KubetuneConfig):
-    image = (cfg.cluster.images.train if cfg.step("merge").use_gpu else cfg.cluster.images.base) or "python:3.11-slim"
+    # The train image: this step needs torch and peft (the base image has neither), GPU or not.
+    image = cfg.cluster.images.train or "python:3.11-slim"
     return dsl.component(merge, base_image=image, install_kfp_package=False)

@@ -12,10 +12,10 @@ from kfp.dsl import HTML, Artifact, Metrics, Output
 
 from components.common import storage
 from components.common.config import KubetuneConfig
-from components.common.kfp_step import StepOutcome
+from components.common.kfp_step import StepContext, StepOutcome
 
 
-def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path,
+def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext | None = None,
             tokenizer_uri: str | None = None) -> StepOutcome:
     """Fetch the sources (cfg.data.sources) and the tokenizer, prepare into output_dir."""
     from components.prepare import step

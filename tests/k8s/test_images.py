@@ -192,17 +192,12 @@ def test_compiled_pipeline_references_exactly_the_make_tags(tmp_path):
     assert set(images.values()) <= refs and len(set(images.values())) == 3, images
     assert set(images) == set(STEP_IMAGES)
     for step, family in STEP_IMAGES.items():
-        if step == "exec-merge":
-            continue  # see test_steps_that_need_torch_run_on_the_train_image
         assert images[step] == f"registry.example.com/ml/kubetune-{family}:{tag}", step
 
 
-@pytest.mark.xfail(strict=True, reason="components/merge/component.py runs merge on the base image when "
-                   "cluster.steps.merge.use_gpu is false, but the base image has no torch/peft (core deps "
-                   "only); merge needs the train image either way")
 def test_steps_that_need_torch_run_on_the_train_image():
     images = executor_images(COMMITTED)
-    assert images["exec-merge"] == images["exec-train"]
+    assert images["exec-merge"] == images["exec-evaluate"] == images["exec-train"]
 
 
 def test_committed_pipeline_manifests_are_up_to_date(tmp_path):
