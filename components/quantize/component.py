@@ -1,0 +1,60 @@
+"""The quantize step as a KFP component, and `execute`, which the CLI shares.
+
+Inputs: `model` (the merge step's merged model) and `dataset` (the prepare step's output; its test
+split is what perplexity and agreement are measured on). Output: `gguf`, the manifest of the GGUF
+files, Modelfiles and reports. Runs on the `gguf` image (cluster.images.gguf), whose llama.cpp
+checkout is found through $KUBETUNE_LLAMA_CPP_DIR.
+"""
+
+import time
+from pathlib import Path
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Metrics, Output
+
+from components.common.config import KubetuneConfig
+from components.common.kfp_step import StepContext, StepOutcome
+
+
+def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext | None = None,
+            *, llama_cpp_dir: str | None = None) -> StepOutcome:
+    """Quantize inputs["model"] into output_dir, measuring on inputs["dataset"] (a prepared dataset
+    directory or a JSONL/Parquet file)."""
+    from components.quantize import step
+
+    started = time.monotonic()
+    result = step.run(cfg, inputs["model"], output_dir, eval_data=inputs["dataset"],
+                      llama_cpp_dir=llama_cpp_dir)
+    return outcome_of(result.report, time.monotonic() - started)
+
+
+def outcome_of(report: dict, seconds: float) -> StepOutcome:
+    metrics: dict[str, float] = {"conversion_seconds": report["converter"]["seconds"]}
+    gguf = {}
+    for e in report["files"]:
+        t = e["type"].lower()
+        metrics.update({f"{t}_size_mib": e["size_mib"], f"{t}_perplexity": e["perplexity"],
+                        f"{t}_ppl_delta_pct": e["ppl_delta_pct"], f"{t}_top1_agreement": e["top1_agreement"]})
+        if e["published"]:
+            gguf[e["type"]] = {"file": e["file"], "size_bytes": e["size_bytes"],
+                               "ppl_delta_pct": e["ppl_delta_pct"],
+                               "modelfile": e.get("modelfile", {}).get("file")}
+    if report["reference"]["hf"]:
+        metrics["hf_perplexity"] = report["reference"]["hf"]["perplexity"]
+    return StepOutcome(metrics=metrics, report="quantize_report.md", flags={"passed": report["passed"]},
+                       lineage={"gguf": gguf}, seconds=round(seconds, 3))
+
+
+def quantize(config: str, run_id: str, job_id: str, model: Input[Artifact], dataset: Input[Artifact],
+             gguf: Output[Artifact], metrics: Output[Metrics], report: Output[HTML]):
+    """GGUF files (llama.cpp), verified, with Ollama Modelfiles."""
+    from components.common.kfp_step import kfp_main
+    from components.quantize.component import execute
+
+    kfp_main("quantize", execute, config=config, run_id=run_id, job_id=job_id,
+             inputs={"model": model, "dataset": dataset}, output=gguf, metrics=metrics, html=report)
+
+
+def build(cfg: KubetuneConfig):
+    return dsl.component(quantize, base_image=cfg.cluster.images.gguf or "python:3.11-slim",
+                         install_kfp_package=False)
