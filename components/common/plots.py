@@ -95,3 +95,51 @@ def loss_curve_png(train: Sequence[tuple[float, float]], path: str | Path, *,
         ax.legend()
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def grouped_bar_png(panels: Mapping[str, Mapping[str, Mapping[str, float | None]]], path: str | Path, *,
+                    title: str | None = None, log_scale: Sequence[str] = (), ylabel: str = "") -> Path:
+    """Grouped bars, one panel per entry: panel title -> category -> series -> value.
+
+    E.g. {"Task metrics": {"json_valid": {"base": 0.1, "tuned": 0.9}, ...}, "Perplexity": {...}} draws
+    base and tuned side by side for each metric, with the values written on the bars. Panels named in
+    `log_scale` use a log y axis (perplexities that differ by orders of magnitude). A None value is
+    drawn as a missing bar labelled "n/a"; a panel without categories says "no data".
+    """
+    panels = {name: cats for name, cats in panels.items()} or {"": {}}
+    fig = _figure(width=max(6.0, 4.5 * len(panels)), height=4.2)
+    for k, (name, categories) in enumerate(panels.items(), 1):
+        ax = fig.add_subplot(1, len(panels), k)
+        series = list(dict.fromkeys(s for values in categories.values() for s in values))
+        if not categories or not series:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(name)
+            continue
+        width = 0.8 / len(series)
+        log = name in log_scale
+        for j, label in enumerate(series):
+            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(categories))]
+            vals = [categories[c].get(label) for c in categories]
+            heights = [v if v is not None else 0.0 for v in vals]
+            bars = ax.bar(xs, heights, width=width * 0.95, label=label)
+            for bar, v in zip(bars, vals, strict=True):
+                text = "n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+                y = bar.get_height() if v is not None else 0.0
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom",
+                            fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(range(len(categories)), list(categories), rotation=20, ha="right")
+        positive = [v for c in categories.values() for v in c.values() if v is not None and v > 0]
+        if log and positive:
+            ax.set_yscale("log")
+            ax.set_ylim(min(positive) / 1.5, max(positive) * 2.5)  # room for the value labels
+        else:
+            top = max((v for c in categories.values() for v in c.values() if v is not None), default=1.0)
+            ax.set_ylim(0, (top if top > 0 else 1.0) * 1.15)
+        ax.set_title(name)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

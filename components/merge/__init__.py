@@ -1,0 +1,1 @@
+"""The merge step; see README.md."""
