@@ -41,7 +41,7 @@ def outcome_of(report: dict, seconds: float) -> StepOutcome:
                                "modelfile": e.get("modelfile", {}).get("file")}
     if report["reference"]["hf"]:
         metrics["hf_perplexity"] = report["reference"]["hf"]["perplexity"]
-    return StepOutcome(metrics=metrics, report="quantize_report.md", flags={"passed": report["passed"]},
+    return StepOutcome(metrics=metrics, report="report.md", flags={"passed": report["passed"]},
                        lineage={"gguf": gguf}, seconds=round(seconds, 3))
 
 

@@ -2,7 +2,7 @@
 
     check inputs (types, safetensors, disk space)  ->  convert_hf_to_gguf.py to f16/bf16/f32
         ->  llama_model_quantize to each type  ->  verify every file with llama.cpp
-        ->  Modelfiles  ->  quantize_report.json / quantize_report.md  ->  gate on perplexity
+        ->  Modelfiles  ->  quantize_report.json / report.md  ->  gate on perplexity
 
 `run` works on local directories only; fetching and publishing (S3, manifests) is the caller's job.
 Output files in `output_dir`: `<name>-<TYPE>.gguf` and `Modelfile.<TYPE>` for each type in
@@ -25,7 +25,7 @@ from components.quantize import native, ollama, quant_types, verify
 from components.quantize.errors import QualityGateFailed, VerificationFailed
 
 log = logging.getLogger("kubetune.quantize")
-REPORT_JSON, REPORT_MD = "quantize_report.json", "quantize_report.md"
+REPORT_JSON, REPORT_MD = "quantize_report.json", "report.md"
 
 
 @dataclass

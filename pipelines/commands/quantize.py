@@ -97,6 +97,6 @@ def run(args) -> int:
     print(f"quantize: converted in {m['conversion_seconds']:.1f} s; "
           + "; ".join(f"{t['file']} {t['size_bytes'] / 2**20:.1f} MiB (Δppl {t['ppl_delta_pct']:+.2f}%)"
                       for t in outcome.lineage["gguf"].values()))
-    report_uri = storage.join_uri(args.output, "quantize_report.md")
+    report_uri = storage.join_uri(args.output, "report.md")
     print(f"quantize: published to {args.output} (report: {report_uri})")
     return 0

@@ -28,7 +28,7 @@ def _field(reader, key):
 def test_writes_one_gguf_and_modelfile_per_type(quantized):
     names = sorted(p.name for p in quantized.out.iterdir())
     assert names == sorted(["Modelfile.F16", "Modelfile.Q4_K_M", "Modelfile.Q8_0", "quantize_report.json",
-                            "quantize_report.md", "tiny-demo-F16.gguf", "tiny-demo-Q4_K_M.gguf",
+                            "report.md", "tiny-demo-F16.gguf", "tiny-demo-Q4_K_M.gguf",
                             "tiny-demo-Q8_0.gguf"])
     assert set(quantized.result.files) == {"Q4_K_M", "Q8_0", "F16"}
     assert quantized.report["passed"] is True and quantized.report["problems"] == []
@@ -134,7 +134,7 @@ def test_report_sizes_ratios_and_quality(quantized):
     conv = quantized.report["converter"]
     assert conv["pre_tokenizer"] == "gpt-2" and conv["pre_tokenizer_source"] == "tokenizer.json"
     assert conv["seconds"] > 0 and len(conv["chkhsh"]) == 64
-    md = (quantized.out / "quantize_report.md").read_text()
+    md = (quantized.out / "report.md").read_text()
     assert "| Q4_K_M |" in md and "| Q8_0 |" in md
 
 
