@@ -383,6 +383,20 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>",
         raise ConfigError(format_validation_error(e, source, lines)) from None
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` command-line overrides (values parsed as YAML), for load_config."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted config path, e.g. train.max_steps=50")
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({e})") from None
+    return overrides
+
+
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data

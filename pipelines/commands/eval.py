@@ -16,8 +16,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger("kubetune.eval")
 EXIT_GATE_FAILED = 3
 
@@ -40,14 +38,9 @@ def add_arguments(parser):
 
 
 def load(args):
-    from components.common.config import ConfigError, load_config
+    from components.common.config import load_config, parse_overrides
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. eval.max_examples=32")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     return load_config(args.config, overrides)
 
 

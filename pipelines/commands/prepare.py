@@ -13,8 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger("kubetune.prepare")
 
 
@@ -36,16 +34,11 @@ def add_arguments(parser):
 def run(args) -> int:
     # Heavy imports (transformers via the step) happen here, so `kubetune --help` stays fast.
     from components.common import storage
-    from components.common.config import ConfigError, load_config
+    from components.common.config import load_config, parse_overrides
     from components.prepare.component import execute
     from components.prepare.problems import PrepareError
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. prepare.seed=3")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     cfg = load_config(args.config, overrides)
     sources = cfg.data.sources
     if args.input:

@@ -18,8 +18,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger("kubetune.quantize")
 
 
@@ -56,16 +54,11 @@ def _dataset(uri: str | None, tmp: Path) -> Path:
 
 def run(args) -> int:
     from components.common import storage
-    from components.common.config import ConfigError, load_config
+    from components.common.config import load_config, parse_overrides
     from components.quantize import component
     from components.quantize.errors import QualityGateFailed, VerificationFailed
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. quantize.types=[Q8_0]")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     cfg = load_config(args.config, overrides)
     if not args.overwrite and storage.read_manifest(args.output) is not None:
         raise storage.StorageError(f"{args.output}: already holds a published output; choose a new --output "

@@ -21,8 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger("kubetune.train")
 
 
@@ -69,15 +67,10 @@ def dataset_identity(uri: str, local: Path) -> str:
 
 def run(args) -> int:
     from components.common import storage
-    from components.common.config import ConfigError, load_config
+    from components.common.config import load_config, parse_overrides
     from components.train import checkpoints, step
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train.max_steps=50")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     cfg = load_config(args.config, overrides)
     output = args.output.rstrip("/")
     run_id = run_id_for(output, args.run_id)

@@ -129,3 +129,16 @@ def test_cli_schema_and_validate(tmp_path, capsys):
     assert main(["config", "validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "serve.max_model_len" in err and "cfg.yaml:10" in err
+
+
+def test_set_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    from components.common.config import parse_overrides
+
+    overrides = parse_overrides(["train.max_steps=50", "quantize.types=[Q8_0]", "model.trust_remote_code=false"])
+    assert overrides == {"train.max_steps": 50, "quantize.types": ["Q8_0"], "model.trust_remote_code": False}
+    cfg = load_config(write(tmp_path, MINIMAL), overrides)
+    assert cfg.train.max_steps == 50 and cfg.quantize.types == ["Q8_0"]
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.max_steps"])
+    with pytest.raises(ConfigError, match=r"train\.lr: expected greater than 0"):
+        load_config(write(tmp_path, MINIMAL), parse_overrides(["train.lr=-1"]))
