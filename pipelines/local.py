@@ -42,6 +42,15 @@ def new_run_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
+def without_retries(cfg: KubetuneConfig) -> KubetuneConfig:
+    """The config to build the local pipeline from: KFP's local runner honours retries with their
+    backoff (a minute and more), which on a laptop only delays a deterministic failure's report."""
+    local_cfg = cfg.model_copy(deep=True)
+    for step in STEPS:
+        local_cfg.cluster.steps[step] = local_cfg.step(step).model_copy(update={"retries": 0})
+    return local_cfg
+
+
 def run_local(cfg: KubetuneConfig, *, pipeline_root: str | Path = ".kubetune/kfp-local", run_id: str | None = None,
               scheduled: bool = False) -> LocalRun:
     """Run the whole pipeline locally and collect what each step reported."""
@@ -52,7 +61,7 @@ def run_local(cfg: KubetuneConfig, *, pipeline_root: str | Path = ".kubetune/kfp
     run_id = run_id or new_run_id()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
                raise_on_error=True)
-    pipeline = build_pipeline(cfg)
+    pipeline = build_pipeline(without_retries(cfg))
     started = time.monotonic()
     try:
         pipeline(config=cfg.model_dump_json(), run_id=run_id, scheduled=scheduled)

@@ -210,3 +210,16 @@ def test_gate_and_verification_problems_from_the_report(quantized):
     report["files"][0]["metadata"]["checks"]["chat_template_embedded"] = False
     wrong, _ = step.problems(report)
     assert wrong == [f"{report['files'][0]['file']}: metadata checks failed: chat_template_embedded"]
+
+
+def test_tokenizer_parity_reads_special_tokens_written_in_text(quantized, hf_tokenizer):
+    """A prepared completion ends with "<|im_end|>": HF reads it as one special token, so must llama.cpp."""
+    import llama_cpp
+
+    from components.quantize import verify
+
+    llm = llama_cpp.Llama(model_path=str(quantized.result.files["Q8_0"]), vocab_only=True, verbose=False)
+    text = '{"parties":[],"effective_date":"2024-05-02"}<|im_end|>'
+    assert hf_tokenizer.convert_tokens_to_ids("<|im_end|>") in hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+    parity = verify.tokenizer_parity(llm, hf_tokenizer, ["plain stress text", text])
+    assert parity["ok"] and parity["mismatches"] == 0, parity
