@@ -1,8 +1,10 @@
 """Training throughput and peak memory of each method (LoRA, QLoRA, full) on the demo model.
 
 Figures, not a pass/fail test:  `python tests/bench/bench_train.py [--steps 40] [--pretrain-steps 0]`
-or `make bench`. Each method runs `kubetune train` in its own process (peak RSS is per process) with
-the tiny-cpu-demo config (batch 8, seq <= 512, LoRA r16 on all linear layers, no gradient
+or `make bench`. By default the demo model is the pre-trained one in the default demo root (built
+there, a few CPU minutes, when missing); `--pretrain-steps 0` uses a random one in a temp dir.
+Each method runs `kubetune train` in its own process (peak RSS is per process) with the
+tiny-cpu-demo config (batch 8, seq <= 512, LoRA r16 on all linear layers, no gradient
 checkpointing) on the demo dataset, and prints non-pad tokens/s (inside optimizer steps, and over
 the whole train() call), the process's peak RSS (CPU) or max allocated GPU memory, trainable
 parameters and the eval loss before and after.
@@ -72,18 +74,19 @@ def table(results: dict[str, dict], steps: int) -> str:
     return "\n".join(lines)
 
 
-def bench(steps: int = 40, pretrain_steps: int = 0, max_records: int = 400) -> str:
+def bench(steps: int = 40, pretrain_steps: int | None = None, max_records: int = 400) -> str:
     from pipelines.demo.assets import ensure_demo_assets
 
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-train-") as tmp:
         work = Path(tmp)
-        demo = ensure_demo_assets(work / "demo", pretrain_steps=pretrain_steps, progress=False)
+        root = None if pretrain_steps is None else work / "demo"  # None: the default demo root
+        demo = ensure_demo_assets(root, pretrain_steps=pretrain_steps, progress=False)
         dataset = prepare_dataset(demo, work, max_records)
         results = {method: run_method(method, demo, dataset, work, steps) for method in METHODS}
     import torch
 
     header = (f"demo model: {demo.model_info.get('parameters', 0):,} parameters "
-              f"({'pre-trained' if pretrain_steps else 'random init'}), torch threads {torch.get_num_threads()}, "
+              f"({'random init' if pretrain_steps == 0 else 'pre-trained'}), torch threads {torch.get_num_threads()}, "
               f"load average {os.getloadavg()[0]:.1f}")
     return header + "\n" + table(results, steps)
 
@@ -95,7 +98,8 @@ def test_bench_train():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--pretrain-steps", type=int, default=0, help="demo model pre-training (0: random)")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="demo model pre-training steps (default: the demo's; 0: random weights)")
     parser.add_argument("--max-records", type=int, default=400)
     a = parser.parse_args()
     print(bench(a.steps, a.pretrain_steps, a.max_records))

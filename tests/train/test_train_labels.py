@@ -168,3 +168,24 @@ def test_padding_free_batches_keep_sequences_apart(prepared, make_config, tmp_pa
             losses.append(trainer.compute_loss(trainer.model, inputs).item())
     assert "attention_mask" not in inputs and inputs["input_ids"].shape[0] == 1
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_full_sequence_trains_every_token(prepared, make_config, tmp_path):
+    built = build_trainer(make_config(loss="full_sequence"), prepared, tmp_path / "w", run_id="x")
+    assert built.data.mode == "full_sequence"
+    for ex in built.trainer.train_dataset.select(range(8)):
+        assert ex["labels"] == ex["input_ids"]
+
+
+def test_plain_text_records_are_language_modeling(demo, make_config, tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    texts = [json.loads(line)["text"] for line in demo.text.read_text().splitlines()[:16]]
+    (ds / "train.jsonl").write_text("".join(json.dumps({"text": t, "format": "text"}) + "\n" for t in texts))
+    built = build_trainer(make_config(max_steps=1), ds, tmp_path / "w", run_id="x")
+    assert built.data.mode == "language_modeling" and built.data.test is None
+    tok = built.tokenizer
+    for text, ex in zip(texts, built.trainer.train_dataset, strict=True):
+        assert ex["labels"] == ex["input_ids"]
+        assert ex["input_ids"][-1] == tok.eos_token_id  # trl appends eos so the model learns to stop
+        assert tok.decode(ex["input_ids"], skip_special_tokens=True) == text
