@@ -26,11 +26,11 @@ def summary_lines(result: LocalRun) -> list[str]:
         lines.append("the eval gate FAILED: nothing merged or published (see the eval report)")
     if release is not None:
         evaluation = release["eval"]
-        lines.append(f"{'metric':<16}{'base':>10}{'tuned':>10}{'delta':>10}")
+        lines.append(f"{'metric':<16}{'base':>14}{'tuned':>14}{'delta':>14}")
         for name in HEADLINE:
             m = evaluation.get("metrics", evaluation).get(name)
             if isinstance(m, dict) and "base" in m:
-                lines.append(f"{name:<16}{_fmt(m['base']):>10}{_fmt(m['tuned']):>10}{_fmt(m.get('delta', '')):>10}")
+                lines.append(f"{name:<16}{_fmt(m['base']):>14}{_fmt(m['tuned']):>14}{_fmt(m.get('delta', '')):>14}")
         lines.append(f"gate: {'passed' if release['gate'].get('passed') else 'FAILED'}")
         lines.append(f"release: {release['uri']}")
         for entry in release["artifacts"].get("gguf", {}).get("files", []):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from components.common.config import KubetuneConfig
 from components.common.errors import KubetuneError
+from components.common.tokenizer import load_first_tokenizer
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 
 class ModelLoadError(KubetuneError):
@@ -52,23 +52,7 @@ def runtime(cfg: KubetuneConfig):
 
 def load_tokenizer(cfg: KubetuneConfig, tuned_dir: Path, base_dir: Path):
     """The tuned output's tokenizer (it carries the chat template trained with), else the base's."""
-    from transformers import AutoTokenizer
-
-    for d in (tuned_dir, base_dir):
-        if any((d / f).is_file() for f in TOKENIZER_FILES):
-            try:
-                tok = AutoTokenizer.from_pretrained(d, trust_remote_code=cfg.model.trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise ModelLoadError(f"{d}: cannot load the tokenizer ({e})") from None
-            break
-    else:
-        raise ModelLoadError(f"no tokenizer in {tuned_dir} nor in the base model {base_dir}: expected "
-                             f"tokenizer.json (or tokenizer.model) and tokenizer_config.json in one of them")
-    if cfg.model.chat_template:
-        from components.common import storage
-
-        tok.chat_template = storage.fetch_file(cfg.model.chat_template).read_text(encoding="utf-8")
-    return tok
+    return load_first_tokenizer(cfg, [("the tuned model", tuned_dir), ("the base model", base_dir)], ModelLoadError)
 
 
 def _check_weights(model_dir: Path, allow_pickle: bool, what: str) -> None:

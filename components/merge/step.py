@@ -36,11 +36,11 @@ from pathlib import Path
 
 from components.common.config import KubetuneConfig
 from components.common.errors import KubetuneError
+from components.common.tokenizer import load_first_tokenizer
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2.0 ** -5, "float16": 2.0 ** -7}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
 # What a full-weights train output contributes to a model directory (copy-through).
 MODEL_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                   "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -78,24 +78,8 @@ def _json(path: Path) -> dict:
 
 
 def _tokenizer(cfg: KubetuneConfig, adapter_dir: Path, base_dir: Path):
-    from transformers import AutoTokenizer
-
-    for d in (adapter_dir, base_dir):
-        if any((d / f).is_file() for f in TOKENIZER_FILES):
-            try:
-                tok = AutoTokenizer.from_pretrained(d, trust_remote_code=cfg.model.trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise MergeError(f"{d}: cannot load the tokenizer ({e})") from None
-            break
-    else:
-        raise MergeError(f"no tokenizer in the adapter {adapter_dir} nor in the base model {base_dir}: expected "
-                         "tokenizer.json (or tokenizer.model) and tokenizer_config.json in one of them; the "
-                         "merged model must ship with its tokenizer and chat template")
-    if cfg.model.chat_template:
-        from components.common import storage
-
-        tok.chat_template = storage.fetch_file(cfg.model.chat_template).read_text(encoding="utf-8")
-    return tok
+    # The merged model must ship with the tokenizer and chat template the adapter was trained with.
+    return load_first_tokenizer(cfg, [("the adapter", adapter_dir), ("the base model", base_dir)], MergeError)
 
 
 def _check_base(cfg: KubetuneConfig, base_dir: Path, base_desc: str) -> None:
