@@ -54,18 +54,27 @@ def fetch_input(uri: str, what: str, *, model: bool = False, allow_pickle: bool 
     return storage.fetch_dir(uri)
 
 
-def run(args) -> int:
+def base_and_adapter(args, cfg) -> tuple[str, str, Path, Path]:
+    """The prologue eval and merge share: refuse an already published --output (before any heavy
+    work), then fetch the base model and the train step's output. Returns (output, base_uri, base_dir,
+    adapter_dir)."""
     from components.common import storage
-    from components.evaluate import step
 
-    cfg = load(args)
     output = args.output.rstrip("/")
     if not args.overwrite and storage.read_manifest(output) is not None:
         raise storage.StorageError(f"{output}: already holds a published output; choose a new --output or "
                                    "pass --overwrite")
     base_uri = args.base or cfg.model.base
     base_dir = fetch_input(base_uri, "base", model=True, allow_pickle=cfg.model.allow_pickle)
-    tuned_dir = fetch_input(args.adapter, "adapter")
+    return output, base_uri, base_dir, fetch_input(args.adapter, "adapter")
+
+
+def run(args) -> int:
+    from components.common import storage
+    from components.evaluate import step
+
+    cfg = load(args)
+    output, base_uri, base_dir, tuned_dir = base_and_adapter(args, cfg)
     dataset_dir = fetch_input(args.dataset, "dataset")
     general = storage.fetch_file(cfg.data.general_eval) if cfg.data.general_eval else None
 

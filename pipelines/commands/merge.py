@@ -31,16 +31,10 @@ def add_arguments(parser):
 def run(args) -> int:
     from components.common import storage
     from components.merge import step
-    from pipelines.commands.eval import fetch_input, load
+    from pipelines.commands.eval import base_and_adapter, load
 
     cfg = load(args)
-    output = args.output.rstrip("/")
-    if not args.overwrite and storage.read_manifest(output) is not None:
-        raise storage.StorageError(f"{output}: already holds a published output; choose a new --output or "
-                                   "pass --overwrite")
-    base_uri = args.base or cfg.model.base
-    base_dir = fetch_input(base_uri, "base", model=True, allow_pickle=cfg.model.allow_pickle)
-    adapter_dir = fetch_input(args.adapter, "adapter")
+    output, base_uri, base_dir, adapter_dir = base_and_adapter(args, cfg)
     staging = Path(tempfile.mkdtemp(prefix="kubetune-merge-"))
     try:
         result = step.run(cfg, base_dir, adapter_dir, staging, base_uri=base_uri, adapter_uri=args.adapter)
