@@ -123,6 +123,14 @@ def test_fetch_init_container(chart):
 def test_fetch_parts_follow_the_source_and_adapters(chart):
     fetch = chart.container(chart.render({"model": {"source": "base"}, **ADAPTERS}), "fetch-model")
     assert fetch["args"][2] == "--parts=base,adapter", "absolute adapter paths are not fetched"
+    # the trained chat template, kept in merged/, while serving base + adapter: merged is fetched too
+    with_tpl = {"model": {"source": "base", "chatTemplate": "merged/chat_template.jinja"}, **ADAPTERS}
+    fetch = chart.container(chart.render(with_tpl), "fetch-model")
+    assert fetch["args"][2] == "--parts=base,adapter,merged"
+    assert "--chat-template=/models/" in " ".join(chart.container(chart.render(with_tpl))["args"])
+    for tpl in ("chat_template.jinja", "/etc/templates/chat.jinja"):  # at the release root, or absolute
+        fetch = chart.container(chart.render({"model": {"source": "base", "chatTemplate": tpl}}), "fetch-model")
+        assert fetch["args"][2] == "--parts=base", tpl
     values = {"fetch": {"parts": ["merged", "gguf"], "extraArgs": ["--workers=4"]}}
     fetch = chart.container(chart.render(values), "fetch-model")
     assert fetch["args"][2:] == ["--parts=merged,gguf", "--workers=4"]

@@ -100,7 +100,8 @@ the pod is <cache.mountPath>/<model>/<version>, so that one cache PVC can hold s
 {{- $tp -}}
 {{- end -}}
 
-{{/* The parts of the release `kubetune fetch` downloads, comma-separated. */}}
+{{/* The parts of the release `kubetune fetch` downloads, comma-separated: fetch.parts, else model.source,
+the parts of relative adapter paths and the part holding a relative model.chatTemplate. */}}
 {{- define "vllm.fetchParts" -}}
 {{- $parts := list -}}
 {{- if .Values.fetch.parts -}}
@@ -111,6 +112,11 @@ the pod is <cache.mountPath>/<model>/<version>, so that one cache PVC can hold s
 {{- if not (hasPrefix "/" .path) -}}
 {{- $parts = append $parts (regexFind "^[^/]+" .path) -}}
 {{- end -}}
+{{- end -}}
+{{- /* a chat template inside a part (e.g. merged/chat_template.jinja while serving base) */ -}}
+{{- $tpl := .Values.model.chatTemplate -}}
+{{- if and $tpl (not (hasPrefix "/" $tpl)) (contains "/" $tpl) -}}
+{{- $parts = append $parts (regexFind "^[^/]+" $tpl) -}}
 {{- end -}}
 {{- end -}}
 {{- $parts | uniq | join "," -}}
