@@ -117,9 +117,10 @@ def test_gguf_image_provides_llama_cpp_where_the_quantize_step_looks():
     assert f"install_converter.py {llama_dir} " in text
     assert set(convert.REQUIRED) <= {w.rstrip("/") + ("/__init__.py" if w.endswith("/") else "")
                                      for w in install_converter.WANTED} | {"gguf-py/gguf/__init__.py"}
-    for tool_name in ("llama-quantize", "llama-perplexity"):
-        assert "--target llama-quantize llama-perplexity" in text
-        assert f"/build/llama.cpp-build/bin/{tool_name}" in text
+    # the tools: built by build_llama_tools.py (the script `make install-llama-server` runs) into <dir>/bin
+    assert re.search(rf"build_llama_tools\.py {re.escape(llama_dir)}/bin --target llama-quantize "
+                     r"--target llama-perplexity\s", text)
+    assert '--sdist "$sdist"' in text.split("build_llama_tools.py /opt", 1)[1].split("\n")[1]
     assert f"{llama_dir}/bin" in env.split("PATH=", 1)[1].split()[0]
     # One llama.cpp: the pinned sdist's hash, version equal to the gguf extra, and the tools, converter
     # and the llama_cpp wheel all built from it.
