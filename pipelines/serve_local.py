@@ -13,8 +13,8 @@ vLLM path (the default):
 4. Replace the pod's release directory with the local one in every argument and run vLLM's CPU build
    from `.venv-vllm` with the adaptations in `cpu_args` (each one says why).
 
-GGUF path (`--gguf`): fetch the release's `gguf/` part and serve one file with llama.cpp's server.
-See `gguf_server` for which server is used and what it offers.
+GGUF path (`--gguf`): fetch the release's `gguf/` part (verified the same way) and serve one file with
+llama.cpp's `llama-server --metrics`, answering to the chart's served name (see `gguf_server`).
 """
 
 from __future__ import annotations
@@ -293,50 +293,31 @@ def pick_gguf(release: dict, name: str | None) -> str:
     return files[0]
 
 
-LLAMA_CPP_SERVER_CHECK = "import llama_cpp.server.app, uvicorn, sse_starlette, starlette_context, pydantic_settings"
-
-
-def gguf_server(model: Path, *, name: str, host: str, port: int, ctx: int) -> tuple[list[str], str, list[str]]:
-    """The command of the GGUF server, its kind, and notes.
-
-    llama.cpp's own server (`llama-server`, C++) is preferred: it has `--metrics`, a Prometheus
-    /metrics endpoint (llamacpp:* names). It is used when it is on PATH or in .venv/tools.
-    Otherwise llama-cpp-python's `python -m llama_cpp.server` (the same llama.cpp, through the
-    llama_cpp bindings) serves the OpenAI API, from the serving venv (`make install-vllm` puts
-    llama-cpp-python[server] there, next to vLLM's FastAPI stack) or from this python. It has NO
-    metrics endpoint (neither a /metrics route nor a --metrics option, checked in llama-cpp-python
-    0.3.36), and a note says so.
-    """
+def find_llama_server() -> str:
+    """llama.cpp's own server: on PATH, else in .venv/tools (where `make install-llama-server` builds it)."""
     tools = REPO / ".venv" / "tools" / "llama-server"
-    binary = shutil.which("llama-server") or (str(tools) if os.access(tools, os.X_OK) else None)
-    if binary:
-        return ([binary, "-m", str(model), "--alias", name, "--host", host, "--port", str(port),
-                 "--ctx-size", str(ctx), "--jinja", "--metrics"], "llama-server", [])
-    python = llama_cpp_server_python()
-    cmd = [python, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", name,
-           "--host", host, "--port", str(port), "--n_ctx", str(ctx)]
-    return cmd, "llama_cpp.server", ["llama_cpp.server has no Prometheus metrics (no /metrics); llama.cpp's "
-                                     "llama-server with --metrics is used instead when installed"]
+    found = shutil.which("llama-server") or (str(tools) if os.access(tools, os.X_OK) else None)
+    if not found:
+        raise ServeLocalError(f"llama-server not found on PATH nor at {tools}: run `make install` (or `make "
+                              "install-llama-server`, which builds it from the llama.cpp that llama-cpp-python "
+                              "0.3.36 vendors)")
+    return found
 
 
-def llama_cpp_server_python() -> str:
-    """A python that can run llama_cpp.server: the serving venv's, else this one."""
-    candidates = []
-    venv = Path(os.environ.get("KUBETUNE_VLLM_VENV") or REPO / ".venv-vllm")
-    if os.access(venv / "bin" / "python", os.X_OK):
-        candidates.append(str(venv / "bin" / "python"))
-    candidates.append(sys.executable)
-    for python in candidates:
-        try:
-            ok = subprocess.run([python, "-c", LLAMA_CPP_SERVER_CHECK], capture_output=True,
-                                timeout=300).returncode == 0
-        except subprocess.TimeoutExpired:
-            ok = False
-        if ok:
-            return python
-    raise ServeLocalError("no GGUF server: llama.cpp's llama-server is not on PATH nor in .venv/tools, and no python "
-                          f"here can run llama-cpp-python's server ({', '.join(candidates)}); run `make install` "
-                          "(or `make install-vllm`, which installs llama-cpp-python[server] in .venv-vllm)")
+def gguf_server(model: Path, *, name: str, host: str, port: int, ctx: int, server: str | None = None) -> list[str]:
+    """The command of llama.cpp's `llama-server` for one GGUF file.
+
+    - `--metrics`: Prometheus metrics on /metrics (llamacpp:* names), the GGUF path's counterpart of
+      vLLM's. llama-cpp-python's own server (`python -m llama_cpp.server`) has none, so it is not used.
+    - `--alias`: the chart's served model name, so both paths answer to the same name in /v1/models.
+    - `--ctx-size`: the chart's --max-model-len.
+    - `--jinja`: render the chat template stored in the GGUF file (the model's own, from training)
+      with llama.cpp's Jinja engine, not a built-in template guessed from it.
+    - `--no-webui`: only the API, as in the cluster. The number of request slots is llama.cpp's default
+      (auto: 4, sharing one KV cache of --ctx-size tokens).
+    """
+    return [server or find_llama_server(), "--model", str(model), "--alias", name, "--host", host, "--port", str(port),
+            "--ctx-size", str(ctx), "--jinja", "--metrics", "--no-webui"]
 
 
 def plan_gguf(release: str, *, dest: str | Path | None = None, values: Sequence[str | Path] = (),
@@ -347,16 +328,16 @@ def plan_gguf(release: str, *, dest: str | Path | None = None, values: Sequence[
     uri = release_uri(release)
     rel = read_release(uri)
     chosen = pick_gguf(rel, gguf_file)
+    server = find_llama_server()  # before the fetch: a missing tool fails in seconds
     rendered = render_release(uri, values)
     local_dir = local_release_dir(rel, dest)
     fetched = fetch_release(uri, local_dir, ("gguf",)) if fetch else {}
     ctx = next((int(a.split("=", 1)[1]) for a in rendered.args if a.startswith("--max-model-len=")), 4096)
     served_port = port if port is not None else rendered.port
-    cmd, kind, notes = gguf_server(local_dir / "gguf" / chosen, name=rendered.served_name, host=host,
-                                   port=served_port, ctx=ctx)
-    return Plan(command=cmd, env={"HF_HUB_OFFLINE": "1"}, local_dir=local_dir, served_name=rendered.served_name,
-                url=f"http://{host}:{served_port}", kind=kind, chart_args=rendered.args, fetched=fetched,
-                notes=notes)
+    cmd = gguf_server(local_dir / "gguf" / chosen, name=rendered.served_name, host=host, port=served_port, ctx=ctx,
+                      server=server)
+    return Plan(command=cmd, env={}, local_dir=local_dir, served_name=rendered.served_name,
+                url=f"http://{host}:{served_port}", kind="llama-server", chart_args=rendered.args, fetched=fetched)
 
 
 def exec_plan(plan: Plan) -> None:

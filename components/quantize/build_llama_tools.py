@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -41,6 +42,8 @@ except ImportError:  # pragma: no cover - the script form, before kubetune is in
     from install_converter import VENDOR, VERSION, download_sdist
 
 MARKER = ".kubetune-llama-tools.json"
+LOG = ".build-llama-tools.log"  # the whole cmake output of the last build, next to the programs
+PROGRESS = re.compile(r"^\[\s*(?:(?P<n>\d+)/(?P<total>\d+)|(?P<pct>\d+)%)\]")
 CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_OPENSSL=OFF",
               "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF")
 
@@ -83,6 +86,22 @@ def cmake_commands(source: Path, build: Path, targets: list[str], extra: list[st
     return [configure, compile_]
 
 
+def run_logged(cmd: list[str], log) -> int:
+    """Run cmd with its output in `log`; print cmake's progress ("[ 57/206]" with ninja, "[ 27%]" with
+    make) every tenth of the way, since compiler warnings by the thousand help nobody here."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    shown = -1
+    for line in proc.stdout:
+        log.write(line)
+        m = PROGRESS.match(line)
+        if m:
+            done = int(m["pct"]) if m["pct"] else 100 * int(m["n"]) // max(int(m["total"]), 1)
+            if done // 10 > shown:
+                shown = done // 10
+                print(f"build-llama-tools: {done:3d}% {line.strip()[:100]}", flush=True)
+    return proc.wait()
+
+
 def build(sdist: Path, dest: Path, targets: list[str], *, version: str, build_dir: Path | None = None,
           cmake_args: list[str] = (), jobs: int | None = None) -> dict[str, float]:
     """Build `targets` from the sdist and install them into dest; seconds per phase."""
@@ -95,14 +114,18 @@ def build(sdist: Path, dest: Path, targets: list[str], *, version: str, build_di
         source = unpack_llama_cpp(sdist, Path(tmp))
         timings["unpack_seconds"] = round(time.monotonic() - t0, 1)
         build_path = build_dir or Path(tmp) / "build"
-        for cmd in cmake_commands(source, build_path, targets, list(cmake_args), jobs):
-            t0 = time.monotonic()
-            print("build-llama-tools: " + " ".join(cmd), flush=True)
-            if subprocess.run(cmd).returncode != 0:
-                raise BuildError(f"`{' '.join(cmd[:3])} ...` failed (output above); the build directory is "
-                                 f"{build_path}")
-            timings[("configure" if "-S" in cmd else "compile") + "_seconds"] = round(time.monotonic() - t0, 1)
         dest.mkdir(parents=True, exist_ok=True)
+        log_path = dest / LOG
+        with open(log_path, "w") as log:
+            for cmd in cmake_commands(source, build_path, targets, list(cmake_args), jobs):
+                t0 = time.monotonic()
+                print("build-llama-tools: " + " ".join(cmd), flush=True)
+                if run_logged(cmd, log) != 0:
+                    log.flush()
+                    tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-40:])
+                    raise BuildError(f"`{' '.join(cmd[:3])} ...` failed; the end of its output (all of it is in "
+                                     f"{log_path}):\n{tail}")
+                timings[("configure" if "-S" in cmd else "compile") + "_seconds"] = round(time.monotonic() - t0, 1)
         marker = read_marker(dest)
         built = marker.get("built", {})
         for target in targets:

@@ -66,7 +66,8 @@ def test_builds_the_targets_and_writes_the_marker_last(sdist, tmp_path, capsys):
     marker = json.loads((dest / blt.MARKER).read_text())
     assert marker["built"] == {"hello": "9.9.9"} and marker["sdist"] == sdist.name
     assert not list(dest.glob("*.partial")) and not list(dest.glob(".*.partial"))
-    assert "hello of llama-cpp-python 9.9.9 in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "hello of llama-cpp-python 9.9.9 in" in out and "build-llama-tools: 100% [" in out  # progress
 
 
 def test_present_programs_are_not_rebuilt_and_new_ones_are_added(sdist, tmp_path, capsys):
@@ -95,7 +96,8 @@ def test_a_failed_build_installs_nothing(tmp_path, capsys):
     dest = tmp_path / "tools"
     assert blt.main([str(dest), "--target", "hello", "--version", "9.9.9", "--sdist", str(broken)]) == 1
     err = capsys.readouterr().err
-    assert "build-llama-tools: `cmake --build" in err and "failed" in err
+    assert "build-llama-tools: `cmake --build" in err and "failed" in err and "syntax error" in err
+    assert "syntax error" in (dest / blt.LOG).read_text()  # the whole output is kept
     assert not (dest / "hello").exists() and not (dest / blt.MARKER).exists()
 
 

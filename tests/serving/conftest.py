@@ -3,12 +3,15 @@
 Session fixtures (each built once, shared by every test of the session):
   serving_env     the AWS environment of the session's SeaweedFS S3 server, and a private $KUBETUNE_CACHE
   trained         a real, brief LoRA fine-tune of the demo model through the train step (TRAIN below),
-                  merged by the merge step and published by the publish step (merged + adapter parts)
-                  to the local S3: a model that answers in the trained JSON format
+                  merged by the merge step, quantized by the quantize step (Q4_K_M, Q8_0) and
+                  published by the publish step (merged, adapter and gguf parts) to the local S3: a
+                  model that answers in the trained JSON format
   servers         two `kubetune serve-local` processes started together, each one vLLM's CPU build:
                   "merged" serves the release as published (its values.yaml only), "lora" serves the
                   release's base with its adapter (LORA_VALUES, through --lora-modules)
   prometheus      a real Prometheus (Debian package) on 127.0.0.1 scraping both every second
+  gguf_server     `kubetune serve-local --gguf`: llama.cpp's llama-server (--metrics) on the release's GGUF
+  gguf_prometheus another real Prometheus, scraping only the GGUF server
 
 Nothing is skipped: without the vLLM venv, helm or prometheus the tests fail and say `make install`.
 Every process runs in its own process group and the group is killed on teardown. Startup time and
@@ -20,24 +23,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
-import yaml
 from serving_helpers import (
     LORA_VALUES,
     REPO,
-    Prometheus,
     ServingEnv,
     Trained,
     config_dict,
-    free_port,
     kill_group,
-    log_tail,
     record_figures,
+    start_prometheus,
     start_serve_local,
     wait_healthy,
 )
@@ -69,7 +67,7 @@ def demo(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(serving_env, demo, tmp_path_factory) -> Trained:
-    """prepare -> train (real LoRA, CPU) -> merge -> publish to S3. The eval step is not run here
+    """prepare -> train (real LoRA, CPU) -> merge -> quantize -> publish to S3. The eval step is not run here
     (tests/evaluate covers it): its gate verdict is written by hand, as in tests/publish."""
     require_tools()  # before the fine-tune: fail in seconds, not minutes
     import torch
@@ -78,6 +76,7 @@ def trained(serving_env, demo, tmp_path_factory) -> Trained:
     from components.merge.step import run as merge
     from components.prepare.step import run as prepare
     from components.publish.step import run as publish
+    from components.quantize.step import run as quantize
     from components.train.step import run as train
 
     cfg = config_from_dict(config_dict(demo, serving_env.root))
@@ -93,6 +92,9 @@ def trained(serving_env, demo, tmp_path_factory) -> Trained:
         figures["train_seconds"] = round(time.monotonic() - t0, 1)
         figures["train_eval_loss"] = [result.metrics.get("initial_eval_loss"), result.metrics.get("final_eval_loss")]
         merge(cfg, demo.model_dir, work / "adapter", work / "merged")
+        t0 = time.monotonic()
+        quantize(cfg, work / "merged", work / "gguf", eval_data=work / "prepared")
+        figures["quantize_seconds"] = round(time.monotonic() - t0, 1)
     finally:
         torch.set_num_threads(before)
     eval_dir = work / "eval"
@@ -100,7 +102,7 @@ def trained(serving_env, demo, tmp_path_factory) -> Trained:
     (eval_dir / "gate.json").write_text(json.dumps({"passed": True, "checks": [], "note": "written by tests/serving"}))
     (eval_dir / "eval_results.json").write_text(json.dumps({"metrics": {}}))
     with serving_env.active():
-        rel = publish(cfg, merged=work / "merged", adapter=work / "adapter", eval_dir=eval_dir,
+        rel = publish(cfg, merged=work / "merged", adapter=work / "adapter", gguf=work / "gguf", eval_dir=eval_dir,
                       lineage={"data_hash": "tests-serving"}, run_id="serving-tests", version="v1")
     return Trained(uri=rel.uri, release=rel.release, cfg=cfg, prepared=work / "prepared", adapter=work / "adapter",
                    merged=work / "merged", figures=figures)
@@ -138,39 +140,33 @@ def servers(trained, serving_env, tmp_path_factory, request):
 # ---- Prometheus ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def prometheus(servers, tmp_path_factory):
-    binary = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK)
-                                            else None)
-    if binary is None:
-        pytest.fail("prometheus is not installed: run `make install` (or `make install-prometheus`: the Debian "
-                    "package prometheus)", pytrace=False)
-    tmp = tmp_path_factory.mktemp("prometheus")
-    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": f"vllm-{name}", "static_configs": [{"targets": [f"127.0.0.1:{s.port}"]}]}
-                                 for name, s in servers.items()]}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log = tmp / "prometheus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                                 "--storage.tsdb.retention.time=1h"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    prom = Prometheus(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+    prom = start_prometheus({f"vllm-{name}": s.port for name, s in servers.items()},
+                            tmp_path_factory.mktemp("prometheus"))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ups = prom.query("up")
-                if len(ups) == len(servers) and all(r["value"][1] == "1" for r in ups):
-                    break
-            except (OSError, urllib.error.URLError, AssertionError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prometheus on {prom.url} did not scrape both servers within 60 s:\n{log_tail(log)}",
-                            pytrace=False)
-            time.sleep(0.5)
         yield prom
     finally:
-        kill_group(proc)
+        kill_group(prom.proc)
 
 
+# ---- GGUF: llama.cpp's server ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def gguf_server(trained, serving_env, tmp_path_factory, request):
+    """`kubetune serve-local --gguf` on the release: llama-server with the release's Q4_K_M file."""
+    tmp = tmp_path_factory.mktemp("gguf-server")
+    started = time.monotonic()
+    server = start_serve_local("gguf", trained.uri, tmp, serving_env.environ(), extra_args=["--gguf"])
+    try:
+        wait_healthy([server], started)
+        record_figures(request, {"startup_seconds_gguf": server.startup_seconds})
+        yield server
+    finally:
+        kill_group(server.proc)
+
+
+@pytest.fixture(scope="session")
+def gguf_prometheus(gguf_server, tmp_path_factory):
+    prom = start_prometheus({"llama-server": gguf_server.port}, tmp_path_factory.mktemp("gguf-prometheus"))
+    try:
+        yield prom
+    finally:
+        kill_group(prom.proc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -198,11 +199,12 @@ class Server:
         return Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
 
 
-def start_serve_local(name: str, release: str, tmp: Path, env: dict, values: dict | None = None) -> Server:
+def start_serve_local(name: str, release: str, tmp: Path, env: dict, values: dict | None = None,
+                      extra_args: list[str] = ()) -> Server:
     port = free_port()
     dest = tmp / name / MODEL / "v1"
     cmd = [sys.executable, "-m", "pipelines.cli", "serve-local", "--release", release, "--port", str(port),
-           "--dest", str(dest)]
+           "--dest", str(dest), *extra_args]
     if values is not None:
         vf = tmp / f"{name}-values.yaml"
         vf.write_text(yaml.safe_dump(values, sort_keys=False))
@@ -230,7 +232,7 @@ def wait_healthy(servers: list[Server], started: float) -> None:
             except (OSError, urllib.error.URLError):
                 pass
         if pending and time.monotonic() > deadline:
-            pytest.fail(f"vLLM did not answer /health within {STARTUP_TIMEOUT} s: "
+            pytest.fail(f"the server did not answer /health within {STARTUP_TIMEOUT} s: "
                         + "; ".join(f"{s.name}:\n{log_tail(s.log)}" for s in pending), pytrace=False)
         if pending:
             time.sleep(1)
@@ -255,6 +257,41 @@ class Prometheus:
 
     def names(self) -> list[str]:
         return http_json(f"{self.url}/api/v1/label/__name__/values", timeout=30)["data"]
+
+
+def start_prometheus(targets: dict[str, int], tmp: Path) -> Prometheus:
+    """A real Prometheus on 127.0.0.1 scraping each 127.0.0.1:<port> every second (job = the name); returned
+    once every target is up. The caller kills its process group."""
+    binary = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK)
+                                            else None)
+    if binary is None:
+        pytest.fail("prometheus is not installed: run `make install` (or `make install-prometheus`: the Debian "
+                    "package prometheus)", pytrace=False)
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+              "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                                 for job, port in targets.items()]}
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log = tmp / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, f"--config.file={tmp / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--storage.tsdb.retention.time=1h"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    prom = Prometheus(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ups = prom.query("up")
+            if len(ups) == len(targets) and all(r["value"][1] == "1" for r in ups):
+                return prom
+        except (OSError, urllib.error.URLError, AssertionError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            kill_group(proc)
+            pytest.fail(f"prometheus on {prom.url} did not scrape {sorted(targets)} within 60 s:\n{log_tail(log)}",
+                        pytrace=False)
+        time.sleep(0.5)
 
 
 def run_concurrently(fn, args_list: list) -> list:

@@ -55,3 +55,18 @@ def test_prompt_ids_equal_the_training_ids(name, servers, train_ids):
         # the whole conversation, the assistant's answer included, tokenizes the same way too
         whole = s.post("/tokenize", {"model": MODEL, "messages": messages, "add_generation_prompt": False})
         assert whole["tokens"] == ids
+
+
+def test_gguf_prompt_ids_equal_the_training_ids(gguf_server, train_ids):
+    """llama-server renders the chat template stored in the GGUF file (--jinja) and tokenizes with the GGUF's
+    vocabulary: /apply-template, then /tokenize as a chat completion tokenizes its prompt (special tokens parsed,
+    and the GGUF's BOS added), gives the train step's ids."""
+    for messages, ids, labels in train_ids:
+        start = next(i for i, label in enumerate(labels) if label != -100)
+        text = gguf_server.post("/apply-template", {"messages": messages[:-1]})["prompt"]
+        prompt = gguf_server.post("/tokenize", {"content": text, "add_special": True, "parse_special": True})
+        assert prompt["tokens"] == ids[:start], text
+        # and a chat completion of these messages is given exactly that many prompt tokens
+        usage = gguf_server.post("/v1/chat/completions", {"model": MODEL, "messages": messages[:-1], "max_tokens": 1,
+                                                          "temperature": 0})["usage"]
+        assert usage["prompt_tokens"] == start

@@ -88,16 +88,17 @@ def test_lora_values_serve_base_and_adapter(release, tmp_path, capsys):
         "--lora-modules", f"contracts-lora={dest}/adapter", "--max-num-seqs=4", "--seed", "7"]
     assert not any(release_dir in a for a in plan["command"])
 
-    # and the parts fetched are the chart's init container's: base (from the lineage) and adapter
+    # and the parts fetched are the chart's init container's: base (from the lineage), the adapter, and
+    # merged, which holds the chat template
     rendered = serve_local.render_release(release.uri, [tmp_path / "lora.yaml"])
-    assert rendered.parts == ("base", "adapter")
-    # the chat template lies in merged/, which these values do not fetch: refused before vLLM starts
+    assert rendered.parts == ("base", "adapter", "merged")
+    # fetch.parts without merged: the template is not fetched, so it is refused before vLLM starts
+    (tmp_path / "parts.yaml").write_text(yaml.safe_dump({"fetch": {"parts": ["base", "adapter"]}}))
     with pytest.raises(serve_local.ServeLocalError, match="chat_template.jinja, which the fetched parts"):
-        serve_local.plan_vllm(release.uri, dest=dest, values=[tmp_path / "lora.yaml"])
+        serve_local.plan_vllm(release.uri, dest=dest, values=[tmp_path / "lora.yaml", tmp_path / "parts.yaml"])
     assert sorted(x.name for x in dest.iterdir()) == [".kubetune-release.json", "adapter", "base", "release.json"]
     assert (dest / "base" / "model.safetensors").read_bytes() == b"base weights"
-    (tmp_path / "parts.yaml").write_text(yaml.safe_dump({"fetch": {"parts": ["base", "adapter", "merged"]}}))
-    p = serve_local.plan_vllm(release.uri, dest=dest, values=[tmp_path / "lora.yaml", tmp_path / "parts.yaml"])
+    p = serve_local.plan_vllm(release.uri, dest=dest, values=[tmp_path / "lora.yaml"])
     assert p.fetched == {"downloaded": 3, "reused": 4, "bytes": 616}
 
 
@@ -134,25 +135,31 @@ def test_values_the_chart_rejects_fail_clearly(release, tmp_path, capsys):
     assert "kubetune serve-local: error: helm template" in err and "gpuMemoryUtilization" in err
 
 
-def test_gguf_picks_a_file_and_a_server(release, tmp_path, capsys):
+def test_gguf_picks_a_file_and_serves_it_with_llama_server(release, tmp_path, capsys):
     dest = tmp_path / "serve"
     code = main(["serve-local", "--dry-run", "--gguf", "--release", release.uri, "--dest", str(dest),
                  "--port", "8111"])
     out, err = capsys.readouterr()
-    if code != 0:  # neither llama-server nor llama-cpp-python's server extras: the message says what to do
-        assert "no GGUF server" in err and "make install" in err, err
-        pytest.fail(f"no GGUF server installed: {err.strip()}", pytrace=False)
+    assert code == 0, err
     plan = json.loads(out)
     cmd = plan["command"]
-    assert str(dest / "gguf" / f"{MODEL}-Q4_K_M.gguf") in cmd  # the preferred type
-    if plan["kind"] == "llama-server":
-        assert "--metrics" in cmd and cmd[cmd.index("--alias") + 1] == MODEL and "--port" in cmd
-    else:
-        assert plan["kind"] == "llama_cpp.server" and cmd[1:3] == ["-m", "llama_cpp.server"]
-        assert cmd[cmd.index("--model_alias") + 1] == MODEL and cmd[cmd.index("--n_ctx") + 1] == "1024"
-        assert any("no Prometheus metrics" in n for n in plan["notes"])
+    assert plan["kind"] == "llama-server" and Path(cmd[0]).name == "llama-server"
+    assert cmd[cmd.index("--model") + 1] == str(dest / "gguf" / f"{MODEL}-Q4_K_M.gguf")  # the preferred type
+    # The chart's served name and context length; Prometheus metrics on.
+    assert cmd[cmd.index("--alias") + 1] == MODEL and cmd[cmd.index("--ctx-size") + 1] == "1024"
+    assert "--metrics" in cmd and cmd[cmd.index("--port") + 1] == "8111" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     q8 = serve_local.plan_gguf(release.uri, dest=dest, gguf_file="Q8_0")
     assert str(dest / "gguf" / f"{MODEL}-Q8_0.gguf") in q8.command
     assert (dest / "gguf" / f"{MODEL}-Q8_0.gguf").read_bytes() == b"GGUF8"
     with pytest.raises(serve_local.ServeLocalError, match="no matching file"):
         serve_local.plan_gguf(release.uri, dest=dest, gguf_file="Q2_K", fetch=False)
+
+
+def test_gguf_without_llama_server_says_how_to_build_it(release, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(serve_local, "REPO", tmp_path)  # no .venv/tools/llama-server there
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    dest = tmp_path / "serve"
+    assert main(["serve-local", "--gguf", "--release", release.uri, "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "llama-server not found" in err and "make install-llama-server" in err, err
+    assert not dest.exists()  # nothing fetched for a server that cannot start
