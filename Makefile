@@ -55,9 +55,13 @@ install-llama-cpp-tools:  ## llama.cpp's HF->GGUF converter (from the llama-cpp-
 	"$$py" components/quantize/install_converter.py "$(VENV)/llama.cpp" --version $(LLAMA_CPP_PYTHON_VERSION)
 
 install-llama-server:  ## llama.cpp's llama-server (`serve-local --gguf`, /metrics) built into .venv/tools
-	@# cmake over the vendored llama.cpp of the same sdist (about 9 min on 2 cores; skipped when built).
+	@# cmake over the vendored llama.cpp of the same sdist (about 5 min on 2 cores; skipped when built).
 	@# See components/quantize/build_llama_tools.py for the flags and why.
+	@# Without a system cmake, PyPI's cmake and ninja go into the venv (needs a C++ compiler all the same).
 	@if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
+	if ! command -v cmake >/dev/null && [ -x "$(PIP)" ]; then \
+	  echo "install-llama-server: no cmake on PATH; installing PyPI cmake and ninja into $(VENV)"; \
+	  "$(PIP)" install --quiet cmake==3.31.10 ninja==1.13.2; fi; \
 	"$$py" components/quantize/build_llama_tools.py "$(TOOLS)" --target llama-server \
 	  --version $(LLAMA_CPP_PYTHON_VERSION)
 

@@ -13,7 +13,7 @@ The build is static (BUILD_SHARED_LIBS=OFF: each program is one file that can be
 Release, without tests, examples, HTTPS (LLAMA_OPENSSL=OFF: the servers listen on plain HTTP behind
 the cluster's own TLS) and without fetching the web UI from the Hugging Face hub
 (LLAMA_USE_PREBUILT_UI=OFF: nothing is downloaded during a build). cmake and a C++ compiler are
-needed; ninja is used when present. About 9 minutes on 2 cores for llama-server.
+needed; ninja is used when present. About 5 minutes on 2 cores for llama-server.
 
 Idempotent: DEST/.kubetune-llama-tools.json records the version and what was built, and a request
 for programs that are already there for that version does nothing. Each program is copied into DEST
