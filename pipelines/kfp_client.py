@@ -17,6 +17,7 @@ Authorization header and are never printed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -274,6 +275,25 @@ def add_connection_arguments(parser) -> None:
                         help="how long to wait for the KFP health check (default: 10)")
 
 
+# A Kubernetes object name (DNS-1123 subdomain), as a ServiceAccount name must be.
+K8S_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def add_service_account_argument(parser) -> None:
+    parser.add_argument("--service-account", metavar="NAME", type=service_account_name,
+                        help="Kubernetes ServiceAccount of the run's pods, e.g. kubetune-pipeline-runner "
+                             "(k8s/rbac.yaml; it must exist in the namespace the runs execute in). "
+                             "Default: KFP's (DEFAULT_PIPELINE_RUNNER_SERVICE_ACCOUNT, or default-editor "
+                             "in multi-user Kubeflow)")
+
+
+def service_account_name(value: str) -> str:
+    if len(value) > 253 or not K8S_NAME_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a Kubernetes object name (lower-case letters, "
+                                         "digits, '-' and '.', starting and ending with a letter or digit)")
+    return value
+
+
 def _reason(e: BaseException) -> str:
     inner = getattr(e, "reason", None)
     text = str(inner if isinstance(inner, BaseException) else e)
@@ -404,13 +424,14 @@ class KfpSession:
 
     # -- runs
     def submit(self, experiment_id: str, pipeline_id: str, version_id: str, run_name: str,
-               params: dict[str, Any]) -> str:
+               params: dict[str, Any], service_account: str | None = None) -> str:
         run = self._call("creating the run", self.client.run_pipeline, experiment_id, run_name, params=params,
-                         pipeline_id=pipeline_id, version_id=version_id)
+                         pipeline_id=pipeline_id, version_id=version_id, service_account=service_account)
         return run.run_id
 
     def schedule(self, experiment_id: str, pipeline_id: str, version_id: str, name: str, *, cron: str,
-                 max_concurrency: int, no_catchup: bool, params: dict[str, Any], description: str) -> str:
+                 max_concurrency: int, no_catchup: bool, params: dict[str, Any], description: str,
+                 service_account: str | None = None) -> str:
         existing = self._call("listing recurring runs", self.client.list_recurring_runs,
                               experiment_id=experiment_id, filter=self._name_filter(name)).recurring_runs or []
         if existing:
@@ -420,7 +441,7 @@ class KfpSession:
         job = self._call("creating the recurring run", self.client.create_recurring_run, experiment_id, name,
                          description=description, cron_expression=cron, max_concurrency=max_concurrency,
                          no_catchup=no_catchup, params=params, pipeline_id=pipeline_id, version_id=version_id,
-                         enabled=True)
+                         enabled=True, service_account=service_account)
         return job.recurring_run_id
 
     def list_runs(self, limit: int = 20, experiment: str | None = None) -> list:

@@ -1,4 +1,5 @@
-"""`kubetune schedule --config CFG --host URL --cron EXPR [--max-concurrency N] [--no-catchup] [--experiment NAME]`
+"""`kubetune schedule --config CFG --host URL --cron EXPR [--max-concurrency N] [--no-catchup] [--experiment NAME]
+[--service-account SA]`
 
 Creates a KFP recurring run of the pipeline for CFG (uploaded or versioned as by `kubetune submit`)
 with the pipeline parameter `scheduled=true`: each run reads the dataset URIs at run time and, by
@@ -12,6 +13,7 @@ Schedules run in the KFP server's time zone (usually UTC).
 --max-concurrency (1-10, default 1) caps the runs in flight; --no-catchup runs only the latest missed
 interval after a pause instead of every one. --name names the recurring run (default
 `<pipeline>-schedule`); an existing one of that name in the experiment is an error, not a duplicate.
+--service-account runs every scheduled run's pods as that ServiceAccount (default: KFP's).
 It prints the recurring run's URL, `<host>/#/recurringrun/details/<id>`.
 
 Example:
@@ -24,7 +26,12 @@ from pathlib import Path
 
 
 def add_arguments(parser):
-    from pipelines.kfp_client import DEFAULT_EXPERIMENT, MAX_CONCURRENCY, add_connection_arguments
+    from pipelines.kfp_client import (
+        DEFAULT_EXPERIMENT,
+        MAX_CONCURRENCY,
+        add_connection_arguments,
+        add_service_account_argument,
+    )
 
     parser.add_argument("--config", required=True, metavar="FILE")
     add_connection_arguments(parser)
@@ -37,6 +44,7 @@ def add_arguments(parser):
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
                         help=f"KFP experiment, created if missing (default: {DEFAULT_EXPERIMENT})")
     parser.add_argument("--name", metavar="NAME", help="the recurring run's name (default: <pipeline>-schedule)")
+    add_service_account_argument(parser)
 
 
 def run(args) -> int:
@@ -61,7 +69,8 @@ def run(args) -> int:
         job_id = session.schedule(experiment_id, pipeline_id, version_id, name, cron=cron,
                                   max_concurrency=args.max_concurrency, no_catchup=args.no_catchup,
                                   params={"scheduled": True},
-                                  description=f"kubetune: {compiled.name} on cron {cron!r} from {args.config}")
+                                  description=f"kubetune: {compiled.name} on cron {cron!r} from {args.config}",
+                                  service_account=args.service_account)
     print(f"pipeline: {compiled.name} ({what}; pipeline {pipeline_id}, version {version_id})")
     print(f"experiment: {args.experiment} ({experiment_id})")
     print(f"cron (KFP, seconds first): {cron}")

@@ -178,10 +178,16 @@ def kubetune_submit_or_schedule(d: Deploy, cmd: str, m: re.Match) -> None:
         assert all(i.endswith(f":{d.image_tag}") for i in images), images
     if m.group(1) == "submit":
         assert uploads, "submit uploaded no pipeline"
-        assert "run:" in proc.stdout and any(r.method == "POST" and r.path.endswith("/runs") for r in new)
+        (created,) = [r for r in new if r.method == "POST" and r.path.endswith("/runs")]
+        assert "run:" in proc.stdout
     else:
-        (rr,) = [r for r in new if r.method == "POST" and r.path.endswith("/recurringruns")]
-        assert rr.json["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * MON"
+        (created,) = [r for r in new if r.method == "POST" and r.path.endswith("/recurringruns")]
+        assert created.json["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * MON"
+    # the runs' pods use the runner ServiceAccount `kubectl apply -k k8s/` created
+    sa = re.search(r"--service-account (\S+)", cmd)
+    assert sa and created.json["service_account"] == sa.group(1)
+    assert sa.group(1) in {d["metadata"]["name"] for d in yaml.safe_load_all((REPO / "k8s" / "rbac.yaml").read_text())
+                           if d and d["kind"] == "ServiceAccount"}
 
 
 def kubetune_promote(d: Deploy, cmd: str, m: re.Match) -> None:

@@ -274,6 +274,27 @@ def test_schedule_defaults_and_six_fields_as_given(kfp, capsys):
     assert only(kfp.requests, "POST", f"{API}/experiments").json["display_name"] == "kubetune"
 
 
+def test_runs_and_schedules_use_the_given_service_account(kfp, capsys):
+    sa = "kubetune-pipeline-runner"  # k8s/rbac.yaml's least-privilege runner
+    code, _, err = kubetune(capsys, "submit", "--config", str(CONFIG), "--host", kfp.url, "--service-account", sa)
+    assert code == 0, err
+    assert only(kfp.requests, "POST", f"{API}/runs").json["service_account"] == sa
+    code, _, err = kubetune(capsys, "schedule", "--config", str(CONFIG), "--host", kfp.url, "--cron", "@daily",
+                            "--service-account", sa)
+    assert code == 0, err
+    assert only(kfp.requests, "POST", f"{API}/recurringruns").json["service_account"] == sa
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--cron", "@daily"]])
+@pytest.mark.parametrize("name", ["Kubetune_Runner", "runner-", "a" * 254])
+def test_a_malformed_service_account_is_refused_before_connecting(kfp, capsys, command, name):
+    with pytest.raises(SystemExit) as exit_:  # an argparse error: usage and the message on stderr
+        cli.main([*command, "--config", str(CONFIG), "--host", kfp.url, "--service-account", name])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and "argument --service-account" in err and "expected a Kubernetes object name" in err
+    assert kfp.requests == [] and out == ""
+
+
 # ----------------------------------------------------------------------------------------- runs
 def test_runs_lists_states_newest_first(kfp, capsys):
     kfp.add_run("old-run", "SUCCEEDED")
