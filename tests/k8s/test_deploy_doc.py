@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import K8S, REPO, publish_release, run, tool
+from k8s_helpers import K8S, REPO, publish_release, run, tool
 from kube_api_standin import StandInKubeAPI
 from test_k8s_manifests import kustomization_dirs, manifest_files
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import CHART, ENVIRONMENTS, K8S, REPO, load_docs, run
+from k8s_helpers import CHART, ENVIRONMENTS, K8S, REPO, load_docs, run
 
 GITOPS = K8S / "gitops"
 CHART_CRDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}

@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import DOCKERFILES, IMAGES, K8S, REPO, run
+from k8s_helpers import DOCKERFILES, IMAGES, K8S, REPO, run
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import K8S, REPO, load_docs, run, tool
+from k8s_helpers import K8S, REPO, load_docs, run, tool
 
 # The oldest Kubernetes we support (as charts/vllm) and the newest schemas kubernetes-validate bundles.
 K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ENVIRONMENTS, FAILED_GATE, K8S, load_docs, publish_release, run, tool
+from k8s_helpers import ENVIRONMENTS, FAILED_GATE, K8S, load_docs, publish_release, run, tool
 
 from pipelines.cli import main
 from pipelines.promote import PromoteError, check_uri, update_values

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, DOCKERFILES, ENVIRONMENTS, IMAGES, K8S, REPO, run, tool
+from k8s_helpers import CHART, DOCKERFILES, ENVIRONMENTS, IMAGES, K8S, REPO, run, tool
 
 # charts/vllm findings accepted, with why, and the kinds they may concern (Pod = the helm test Pod).
 CHART_ACCEPTED = {
