@@ -304,8 +304,8 @@ def find_llama_server() -> str:
     return found
 
 
-def gguf_server(model: Path, *, name: str, host: str, port: int, ctx: int, server: str | None = None) -> list[str]:
-    """The command of llama.cpp's `llama-server` for one GGUF file.
+def gguf_server(server: str, model: Path, *, name: str, host: str, port: int, ctx: int) -> list[str]:
+    """The command of llama.cpp's `llama-server` (the binary `server`) for one GGUF file.
 
     - `--metrics`: Prometheus metrics on /metrics (llamacpp:* names), the GGUF path's counterpart of
       vLLM's. llama-cpp-python's own server (`python -m llama_cpp.server`) has none, so it is not used.
@@ -316,7 +316,7 @@ def gguf_server(model: Path, *, name: str, host: str, port: int, ctx: int, serve
     - `--no-webui`: only the API, as in the cluster. The number of request slots is llama.cpp's default
       (auto: 4, sharing one KV cache of --ctx-size tokens).
     """
-    return [server or find_llama_server(), "--model", str(model), "--alias", name, "--host", host, "--port", str(port),
+    return [server, "--model", str(model), "--alias", name, "--host", host, "--port", str(port),
             "--ctx-size", str(ctx), "--jinja", "--metrics", "--no-webui"]
 
 
@@ -334,8 +334,8 @@ def plan_gguf(release: str, *, dest: str | Path | None = None, values: Sequence[
     fetched = fetch_release(uri, local_dir, ("gguf",)) if fetch else {}
     ctx = next((int(a.split("=", 1)[1]) for a in rendered.args if a.startswith("--max-model-len=")), 4096)
     served_port = port if port is not None else rendered.port
-    cmd = gguf_server(local_dir / "gguf" / chosen, name=rendered.served_name, host=host, port=served_port, ctx=ctx,
-                      server=server)
+    cmd = gguf_server(server, local_dir / "gguf" / chosen, name=rendered.served_name, host=host, port=served_port,
+                      ctx=ctx)
     return Plan(command=cmd, env={}, local_dir=local_dir, served_name=rendered.served_name,
                 url=f"http://{host}:{served_port}", kind="llama-server", chart_args=rendered.args, fetched=fetched)
 

@@ -5,6 +5,9 @@ Fixtures:
   s3_env     (function) points the standard AWS environment at s3_server, creates a fresh bucket,
                         isolates $KUBETUNE_CACHE in the test's tmp_path and resets transfer_stats.
                         Yields an `S3Env` (bucket, endpoint, uri(...), client()).
+  demo       (session)  the demo assets with a random (not pre-trained) base, kept in the pytest
+                        cache between runs (tests/train and tests/quantize have their own).
+  torch_threads (session) torch_threads(n): a context manager running its block on n intra-op threads.
 
 tests/bench/ (speed and memory figures, not pass/fail) is collected only when it is named on the
 command line (`pytest tests/bench`, as `make bench` does), so `make test` never runs it. There,
@@ -13,6 +16,7 @@ command line (`pytest tests/bench`, as `make bench` does), so `make test` never 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,35 @@ from pathlib import Path
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parent / "bench"
+
+
+@pytest.fixture(scope="session")
+def demo(request, tmp_path_factory):
+    """The demo assets with a random (not pre-trained) base, kept in the pytest cache between runs."""
+    from pipelines.demo.assets import ensure_demo_assets
+
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("kubetune-demo-p0") if cache is not None else tmp_path_factory.mktemp("demo")
+    return ensure_demo_assets(root, pretrain_steps=0, progress=False)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def torch_threads():
+    """`with torch_threads(1):` on a shared 2-core machine, OpenMP threads spin-waiting on each other make
+    tiny-model forwards ~10x slower than a single thread; tests of the tiny model run on one."""
+    return _torch_threads
 
 
 def _under_bench(path: Path) -> bool:

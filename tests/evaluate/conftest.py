@@ -14,25 +14,9 @@ log = logging.getLogger(__name__)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin-waiting on each other make
-    tiny-model forwards ~10x slower than a single thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def demo(request, tmp_path_factory):
-    """The demo assets with a random (not pre-trained) base, kept in the pytest cache between runs."""
-    from pipelines.demo.assets import ensure_demo_assets
-
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("kubetune-demo-p0") if cache is not None else tmp_path_factory.mktemp("demo")
-    return ensure_demo_assets(root, pretrain_steps=0, progress=False)
+def one_thread(torch_threads):
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -47,22 +31,16 @@ def prepared(demo, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finetuned(demo, prepared, tmp_path_factory) -> dict:
+def finetuned(demo, prepared, tmp_path_factory, torch_threads) -> dict:
     """A real LoRA fine-tune on CPU through the train step (FINETUNE settings); its dir and seconds."""
-    import torch
-
     from components.common.config import config_from_dict
     from components.train.step import run as train
 
     cfg = config_from_dict(base_config_dict(demo))
     out = tmp_path_factory.mktemp("finetuned") / "adapter"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     t0 = time.monotonic()
-    try:
+    with torch_threads(1):
         result = train(cfg, prepared, out, checkpoint_uri=None, run_id="eval-tests", progress=False)
-    finally:
-        torch.set_num_threads(before)
     seconds = time.monotonic() - t0
     log.warning("eval fixture: %d-step LoRA fine-tune on CPU took %.0f s (eval loss %s -> %s)",
                 FINETUNE["max_steps"], seconds, result.metrics.get("initial_eval_loss"),

@@ -10,24 +10,14 @@ from merge_helpers import save_adapter
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spin-waiting on each other make
-    tiny-model forwards ~10x slower than a single thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_threads):
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
-def demo_model(request, tmp_path_factory) -> Path:
-    from pipelines.demo.assets import ensure_demo_assets
-
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("kubetune-demo-p0") if cache is not None else tmp_path_factory.mktemp("demo")
-    return ensure_demo_assets(root, pretrain_steps=0, progress=False).model_dir
+def demo_model(demo) -> Path:
+    return demo.model_dir
 
 
 @pytest.fixture(scope="session")

@@ -57,20 +57,10 @@ def serving_env(s3_server, tmp_path_factory) -> ServingEnv:
 
 
 @pytest.fixture(scope="session")
-def demo(request, tmp_path_factory):
-    from pipelines.demo.assets import ensure_demo_assets
-
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("kubetune-demo-p0") if cache is not None else tmp_path_factory.mktemp("demo")
-    return ensure_demo_assets(root, pretrain_steps=0, progress=False)
-
-
-@pytest.fixture(scope="session")
-def trained(serving_env, demo, tmp_path_factory) -> Trained:
+def trained(serving_env, demo, tmp_path_factory, torch_threads) -> Trained:
     """prepare -> train (real LoRA, CPU) -> merge -> quantize -> publish to S3. The eval step is not run here
     (tests/evaluate covers it): its gate verdict is written by hand, as in tests/publish."""
     require_tools()  # before the fine-tune: fail in seconds, not minutes
-    import torch
 
     from components.common.config import config_from_dict
     from components.merge.step import run as merge
@@ -82,9 +72,7 @@ def trained(serving_env, demo, tmp_path_factory) -> Trained:
     cfg = config_from_dict(config_dict(demo, serving_env.root))
     work = tmp_path_factory.mktemp("serving-release")
     figures = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: one intra-op thread is fastest for this model
-    try:
+    with torch_threads(1):
         prepare(cfg, None, work / "prepared", demo.model_dir)
         t0 = time.monotonic()
         result = train(cfg, work / "prepared", work / "adapter", checkpoint_uri=None, run_id="serving-tests",
@@ -95,8 +83,6 @@ def trained(serving_env, demo, tmp_path_factory) -> Trained:
         t0 = time.monotonic()
         quantize(cfg, work / "merged", work / "gguf", eval_data=work / "prepared")
         figures["quantize_seconds"] = round(time.monotonic() - t0, 1)
-    finally:
-        torch.set_num_threads(before)
     eval_dir = work / "eval"
     eval_dir.mkdir()
     (eval_dir / "gate.json").write_text(json.dumps({"passed": True, "checks": [], "note": "written by tests/serving"}))

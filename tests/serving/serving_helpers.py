@@ -259,6 +259,17 @@ class Prometheus:
         return http_json(f"{self.url}/api/v1/label/__name__/values", timeout=30)["data"]
 
 
+def wait_for(prom: Prometheus, expr: str, want: float, timeout: float = 60) -> float:
+    """Poll `expr` until Prometheus returns `want` (a scrape may lag the server by a second or two)."""
+    deadline, got = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        got = prom.value(expr)
+        if got == want:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"{expr}: Prometheus has {got}, expected {want} (waited {timeout} s)")
+
+
 def start_prometheus(targets: dict[str, int], tmp: Path) -> Prometheus:
     """A real Prometheus on 127.0.0.1 scraping each 127.0.0.1:<port> every second (job = the name); returned
     once every target is up. The caller kills its process group."""

@@ -19,19 +19,13 @@ RECORDS = 4
 
 
 @pytest.fixture(scope="module")
-def train_ids(trained, tmp_path_factory):
+def train_ids(trained, tmp_path_factory, torch_threads):
     """(messages, input_ids, labels) of the first training records, as the train step built them."""
-    import torch
-
     from components.train.step import build_trainer
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         built = build_trainer(trained.cfg, trained.prepared, tmp_path_factory.mktemp("parity-work"),
                               run_id="parity")
-    finally:
-        torch.set_num_threads(before)
     assert built.data.mode == "assistant_only"
     ds = built.trainer.train_dataset
     records = [json.loads(line) for line in (trained.prepared / "train.jsonl").read_text().splitlines()]

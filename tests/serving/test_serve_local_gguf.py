@@ -14,7 +14,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from serving_helpers import MODEL, TRAINED_PREFIX, conversation, http_text, record_figures, run_concurrently
+from serving_helpers import (
+    MODEL,
+    TRAINED_PREFIX,
+    conversation,
+    http_text,
+    record_figures,
+    run_concurrently,
+    wait_for,
+)
 
 from components.common.storage import sha256_file
 
@@ -32,16 +40,6 @@ def scraped(url: str, metric: str) -> float:
         if line.startswith(metric + " "):
             return float(line.split(" ", 1)[1])
     raise AssertionError(f"{metric} is not on {url}/metrics")
-
-
-def wait_for(prom, expr: str, want: float, timeout: float = 60) -> float:
-    deadline, got = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        got = prom.value(expr)
-        if got == want:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"{expr}: Prometheus has {got}, expected {want} (waited {timeout} s)")
 
 
 def test_running_server_is_llama_server_on_the_release_gguf(gguf_server, trained):

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from serving_helpers import LORA_NAME, MODEL, conversation, http_text, record_figures, run_concurrently
+from serving_helpers import LORA_NAME, MODEL, conversation, http_text, record_figures, run_concurrently, wait_for
 
 N = 5
 # Tokens per request, with ignore_eos: the N requests must run together across more than one 1 s scrape
@@ -39,17 +39,6 @@ def scraped_sum(url: str, metric: str, must: str = "") -> float | None:
             total += float(line.rsplit(" ", 1)[1])
             seen = True
     return total if seen else None
-
-
-def wait_for(prom, expr: str, want: float, timeout: float = 60) -> float:
-    deadline = time.monotonic() + timeout
-    got = None
-    while time.monotonic() < deadline:
-        got = prom.value(expr)
-        if got == want:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"{expr}: Prometheus has {got}, expected {want} (waited {timeout} s)")
 
 
 def burst(prom, server, sel: str, bodies: list[dict]) -> tuple[list[float], list[dict], float]:
