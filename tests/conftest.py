@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,7 @@ _AWS_NOISE = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGIO
 
 
 @pytest.fixture
-def s3_env(s3_server, monkeypatch, tmp_path) -> S3Env:
+def s3_env(s3_server, monkeypatch, tmp_path) -> Iterator[S3Env]:
     """The AWS environment of s3_server for this test, with a fresh bucket and a private cache."""
     from components.common import storage
 
@@ -129,4 +130,6 @@ def s3_env(s3_server, monkeypatch, tmp_path) -> S3Env:
     monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "kubetune-cache"))
     bucket = s3_server.ensure_bucket(f"kt-{uuid.uuid4().hex[:12]}")
     storage.transfer_stats.reset()
-    return S3Env(server=s3_server, bucket=bucket, env=env)
+    yield S3Env(server=s3_server, bucket=bucket, env=env)
+    # Give the bucket's volume back: the session's one server has a fixed number of them.
+    s3_server.delete_bucket(bucket)

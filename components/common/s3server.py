@@ -261,6 +261,40 @@ class LocalS3:
                                         "3-63 character DNS-style name)") from e
         return name
 
+    def volume_slots(self) -> tuple[int, int]:
+        """(max, free) volumes of this server, from the master's /dir/status."""
+        import urllib.request
+
+        master = self._ports[_PORT_FLAGS.index("master.port")]
+        with urllib.request.urlopen(f"http://127.0.0.1:{master}/dir/status", timeout=10) as resp:
+            topology = json.load(resp)["Topology"]
+        return int(topology["Max"]), int(topology["Free"])
+
+    def delete_bucket(self, name: str) -> int:
+        """Delete every object in the bucket, then the bucket; returns how many objects went.
+
+        SeaweedFS gives each bucket a volume of its own, and a server has only so many (with the
+        default -volume.max=0, about one per GiB of free disk). A test session that makes a bucket per
+        test must give them back, or the writes to later buckets fail with InternalError.
+        """
+        from botocore.exceptions import ClientError
+
+        client = self.client()
+        deleted = 0
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+                    deleted += len(keys)
+            client.delete_bucket(Bucket=name)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code != "NoSuchBucket":
+                raise S3ServerError(f"cannot delete bucket {name!r} on {self.endpoint}: {code} "
+                                    f"{e.response.get('Error', {}).get('Message', '')}") from e
+        return deleted
+
     def __enter__(self) -> LocalS3:
         return self.start()
 

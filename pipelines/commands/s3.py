@@ -38,6 +38,10 @@ def run(args) -> int:
             print(f"export {key}={shlex.quote(value)}")
         if args.bucket:
             print(f"# buckets: {', '.join(args.bucket)}")
+        # SeaweedFS gives each bucket a volume of its own; once they run out, writes to new buckets
+        # fail with a bare InternalError, so say up front how many there are.
+        _, free = server.volume_slots()
+        print(f"# room for {free} more buckets (one volume each, about one per GiB of free disk)")
         print("# Ctrl-C stops the server.", flush=True)
         code = server.wait()
         print(f"kubetune s3 serve: weed exited with code {code}; log {server.log_path}:\n{server.log_tail()}",

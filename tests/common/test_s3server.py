@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -53,6 +54,22 @@ def test_env_points_at_the_server(s3_server):
     assert env == {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_server.port}",
                    "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def test_delete_bucket_gives_its_volume_back(s3_server):
+    # SeaweedFS gives each bucket a volume and has a fixed number of them; the s3_env fixture
+    # deletes each test's bucket so that a long session never runs out (it did: InternalError).
+    bucket = s3_server.ensure_bucket("kt-volume-back")
+    _, free_before = s3_server.volume_slots()
+    c = s3_server.client()
+    keys = [f"many/{i:04d}" for i in range(1001)]  # more than one list page, so paging is exercised
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: c.put_object(Bucket=bucket, Key=key, Body=b"v"), keys))
+    assert s3_server.volume_slots()[1] == free_before - 1
+    assert s3_server.delete_bucket(bucket) == len(keys)
+    assert bucket not in [b["Name"] for b in c.list_buckets()["Buckets"]]
+    assert s3_server.volume_slots()[1] == free_before
+    assert s3_server.delete_bucket(bucket) == 0  # already gone: nothing to do, no error
 
 
 def test_start_stop_and_credentials_kept(tmp_path):
@@ -111,6 +128,8 @@ def test_cli_serve_prints_exports_and_stops_on_ctrl_c(tmp_path):
         c = client(exports["AWS_ENDPOINT_URL_S3"], exports["AWS_ACCESS_KEY_ID"],
                    exports["AWS_SECRET_ACCESS_KEY"])
         assert {"kt-cli", "kt-cli2"} <= {b["Name"] for b in c.list_buckets()["Buckets"]}
+        room = [line for line in lines if line.startswith("# room for ")]
+        assert len(room) == 1 and int(room[0].split()[3]) >= 0, lines
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         stderr = proc.stderr.read()
