@@ -17,9 +17,10 @@ from components.publish.step import latest_release
 from pipelines import local_demo
 from pipelines.local import run_local
 
-# The demo config, shortened for the test suite (the demo itself runs the full config).
-SHORTER = {"train.max_steps": 160, "train.eval_steps": 80, "train.save_steps": 80, "eval.max_examples": 24,
-           "quantize.eval_records": 8}
+# The demo config with a shorter eval (the demo itself runs the full config). Training keeps the
+# demo's 300 steps: after 160 the valid-JSON rate passed the gate (>= 0.5) on one CPU and was 0.0 on
+# another (AMD EPYC; floating point differs), so a shorter run made this test depend on the machine.
+SHORTER = {"train.eval_steps": 150, "eval.max_examples": 24, "quantize.eval_records": 8}
 
 
 @pytest.fixture(scope="module")
