@@ -74,6 +74,12 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _error_of(exc) -> tuple[str, str]:
+    """(code, message) of a botocore ClientError."""
+    error = exc.response.get("Error", {})
+    return error.get("Code", ""), error.get("Message", "")
+
+
 class LocalS3:
     """One `weed mini` process serving S3 on 127.0.0.1:<port>, data under data_dir."""
 
@@ -254,11 +260,10 @@ class LocalS3:
             try:
                 client.create_bucket(Bucket=name)
             except ClientError as e:
-                code = e.response.get("Error", {}).get("Code", "")
+                code, message = _error_of(e)
                 if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise S3ServerError(f"cannot create bucket {name!r} on {self.endpoint}: {code} "
-                                        f"{e.response.get('Error', {}).get('Message', '')} (expected a "
-                                        "3-63 character DNS-style name)") from e
+                                        f"{message} (expected a 3-63 character DNS-style name)") from e
         return name
 
     def volume_slots(self) -> tuple[int, int]:
@@ -289,10 +294,9 @@ class LocalS3:
                     deleted += len(keys)
             client.delete_bucket(Bucket=name)
         except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
+            code, message = _error_of(e)
             if code != "NoSuchBucket":
-                raise S3ServerError(f"cannot delete bucket {name!r} on {self.endpoint}: {code} "
-                                    f"{e.response.get('Error', {}).get('Message', '')}") from e
+                raise S3ServerError(f"cannot delete bucket {name!r} on {self.endpoint}: {code} {message}") from e
         return deleted
 
     def __enter__(self) -> LocalS3:
