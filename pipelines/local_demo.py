@@ -50,7 +50,7 @@ def start_s3(stack: ExitStack, data_dir: Path):
     if os.environ.get("AWS_ENDPOINT_URL_S3"):
         log.info("using the S3 endpoint from AWS_ENDPOINT_URL_S3: %s", os.environ["AWS_ENDPOINT_URL_S3"])
         return None
-    from components.common.s3server import LocalS3
+    from pipelines.local_s3 import LocalS3
 
     server = stack.enter_context(LocalS3(data_dir))
     os.environ.update(server.env())  # the pipeline's steps (subprocesses) inherit it

@@ -83,7 +83,7 @@ def pytest_collect_file(file_path, parent):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One real SeaweedFS S3 server for the whole session (about 1 s to start, ~850 MB RSS)."""
-    from components.common.s3server import LocalS3
+    from pipelines.local_s3 import LocalS3
 
     server = LocalS3(tmp_path_factory.mktemp("seaweedfs"))
     server.start()

@@ -10,7 +10,8 @@ Layout under $KUBETUNE_CACHE (default ~/.cache/kubetune):
     tmp/                       downloads in progress (same filesystem as blobs: renames are atomic)
 
 Everything is written to a temporary name and renamed into place, so concurrent fetches of the
-same content are safe and an interrupted fetch leaves nothing that looks complete.
+same content are safe and an interrupted fetch leaves nothing that looks complete. (hf:// URIs go
+through the Hugging Face cache instead: `components.common.hf_hub`.)
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ import hashlib
 import os
 import shutil
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
+
+from components.common.manifest import mismatch_message
+from components.common.s3 import s3_client, transfer, translated
+from components.common.storage_errors import HashMismatch
+from components.common.uris import join_uri, sha256_file, split_s3
 
 
 def root() -> Path:
@@ -148,8 +153,6 @@ def index_record(sha256: str, *key: object) -> None:
 # ---- fetching S3 content through the cache (storage.fetch_dir / fetch_file call these) ---------
 def _dir_ok(final: Path, files) -> list:
     """Entries of a materialized directory that fail verification (all of them if extras appeared)."""
-    from components.common.storage import sha256_file
-
     present = sum(1 for p in final.rglob("*") if p.is_file())
     if present != len(files):
         return list(files)
@@ -166,8 +169,6 @@ def _dir_ok(final: Path, files) -> list:
 def fetch_manifest_dir(uri: str, manifest) -> Path:
     """The files of the manifest found at uri (s3) as dirs/<content hash>/, downloading only the blobs
     the cache lacks and verifying each against the manifest."""
-    from components.common import storage as st
-
     chash = manifest.content_hash()
     final = dir_path(chash)
     if final.is_dir():
@@ -183,12 +184,12 @@ def fetch_manifest_dir(uri: str, manifest) -> Path:
     try:
         jobs = []
         for sha, e in wanted.items():
-            bucket, key = st.split_s3(st.join_uri(uri, e.path))
-            jobs.append((str(temps[sha]), bucket, key, st.join_uri(uri, e.path), {}, e.size))
-        st._transfer("downloaded", jobs)
+            bucket, key = split_s3(join_uri(uri, e.path))
+            jobs.append((str(temps[sha]), bucket, key, join_uri(uri, e.path), {}, e.size))
+        transfer("downloaded", jobs)
         for sha, e in wanted.items():
-            if (actual := st.sha256_file(temps[sha])) != sha:
-                raise st.HashMismatch(st.mismatch_message(uri, e, actual))
+            if (actual := sha256_file(temps[sha])) != sha:
+                raise HashMismatch(mismatch_message(uri, e, actual))
             add_blob(temps[sha], sha)
     finally:
         for tmp in temps.values():
@@ -199,11 +200,9 @@ def fetch_manifest_dir(uri: str, manifest) -> Path:
 def fetch_object(uri: str) -> Path:
     """One s3 object as files/<sha256>/<name>. With sha256 metadata a cached copy costs no download;
     without it the cache is keyed by (uri, ETag, size)."""
-    from components.common import storage as st
-
-    bucket, key = st.split_s3(uri)
-    client = st.s3_client()
-    with st._translated(uri, "reading object metadata", client):
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    with translated(uri, "reading object metadata", client):
         head = client.head_object(Bucket=bucket, Key=key)
     size, etag = head["ContentLength"], head.get("ETag", "").strip('"')
     expected = head.get("Metadata", {}).get("sha256")
@@ -213,106 +212,14 @@ def fetch_object(uri: str) -> Path:
         return file_view(known, name)
     tmp = temp_path()
     try:
-        st._transfer("downloaded", [(str(tmp), bucket, key, uri, {}, size)])
-        actual = st.sha256_file(tmp)
+        transfer("downloaded", [(str(tmp), bucket, key, uri, {}, size)])
+        actual = sha256_file(tmp)
         if expected and actual != expected:
-            raise st.HashMismatch(f"{uri}: sha256 mismatch: the object's metadata expects {expected}, "
-                                  f"the downloaded content has {actual}; it was changed or corrupted")
+            raise HashMismatch(f"{uri}: sha256 mismatch: the object's metadata expects {expected}, "
+                               f"the downloaded content has {actual}; it was changed or corrupted")
         add_blob(tmp, actual)
     finally:
         tmp.unlink(missing_ok=True)
     if not expected:
         index_record(actual, uri, etag, size)
     return file_view(actual, name)
-
-
-# ---- hf:// through the Hugging Face cache (HF_HOME) --------------------------------------------
-def hf_file(uri: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    from components.common import storage as st
-
-    kind, repo, path, rev = parse_hf(uri)
-    if not path:
-        raise st.StorageError(f"{uri}: expected a file inside the repo, as in hf://datasets/ORG/NAME/PATH[@REV]")
-    with _hf_errors(uri):
-        return Path(hf_hub_download(repo_id=repo, filename=path, repo_type=kind, revision=rev))
-
-
-def hf_snapshot(uri: str, *, allow_pickle: bool = False) -> Path:
-    from huggingface_hub import snapshot_download
-
-    from components.common import storage as st
-
-    kind, repo, path, rev = parse_hf(uri)
-    if path:
-        raise st.StorageError(f"{uri}: expected a whole repo, as in hf://ORG/NAME[@REVISION], "
-                              "not a path inside it")
-    with _hf_errors(uri):
-        snap = Path(snapshot_download(repo_id=repo, repo_type=kind, revision=rev,
-                                      ignore_patterns=None if allow_pickle else st.PICKLE_PATTERNS))
-    weights = [p for pat in ("*.safetensors", "*.gguf") for p in snap.glob(pat)]
-    if not allow_pickle and (snap / "config.json").is_file() and not weights:
-        raise st.StorageError(f"{uri}: no *.safetensors weights in this snapshot; pickle weights "
-                              f"({', '.join(st.PICKLE_PATTERNS)}) are skipped because loading them can "
-                              "run code. Expected a repo with safetensors, or allow_pickle=True for a repo "
-                              "you trust")
-    return snap
-
-
-def parse_hf(uri: str) -> tuple[str, str, str, str | None]:
-    from huggingface_hub.errors import HfUriError
-    from huggingface_hub.utils import parse_hf_uri
-
-    from components.common import storage as st
-
-    try:
-        u = parse_hf_uri(uri)
-    except HfUriError as e:
-        raise st.StorageError(f"{uri}: {e}; expected hf://[datasets/]ORG/NAME[@REVISION][/PATH]") from e
-    if u.type not in ("model", "dataset"):
-        raise st.StorageError(f"{uri}: a {u.type} URI; expected a model (hf://ORG/NAME) or a dataset "
-                              "(hf://datasets/ORG/NAME/PATH)")
-    path, rev = u.path_in_repo, u.revision
-    if rev is None and "@" in path:  # also accept hf://datasets/ORG/NAME/PATH@REV
-        path, rev = path.rsplit("@", 1)
-    return u.type, u.id, path, rev
-
-
-@contextmanager
-def _hf_errors(uri: str):
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from components.common import storage as st
-
-    endpoint = constants.ENDPOINT
-    try:
-        yield
-    except LocalEntryNotFoundError as e:
-        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            raise st.NotFound(f"{uri}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                              "HF_HUB_OFFLINE is set; expected it downloaded beforehand, or unset "
-                              "HF_HUB_OFFLINE where the network allows") from e
-        raise st.EndpointUnreachable(f"{uri}: could not download from {endpoint} and it is not in the local "
-                                     f"Hugging Face cache ({constants.HF_HUB_CACHE}): {e}") from e
-    except GatedRepoError as e:
-        raise st.AccessDenied(f"{uri}: gated repository on {endpoint}; expected its terms accepted on "
-                              "the Hub and HF_TOKEN set") from e
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
-        raise st.NotFound(f"{uri}: {type(e).__name__} on {endpoint}: {str(e).splitlines()[0]}; expected an "
-                          "existing repo, revision and path (private repos need HF_TOKEN)") from e
-    except OfflineModeIsEnabled as e:
-        raise st.NotFound(f"{uri}: HF_HUB_OFFLINE is set and this is not cached locally") from e
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        cls = st.AccessDenied if status in (401, 403) else st.StorageError
-        raise cls(f"{uri}: {endpoint} answered {status}: {str(e).splitlines()[0]}") from e

@@ -23,7 +23,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from components.common.s3server import LocalS3
+    from pipelines.local_s3 import LocalS3
 
     server = LocalS3(args.dir, port=args.port or None)
     # SIGTERM (e.g. from a process manager) stops the server like Ctrl-C does.

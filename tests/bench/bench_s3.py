@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components.common import storage  # noqa: E402
-from components.common.s3server import LocalS3  # noqa: E402
+from components.common import s3, storage  # noqa: E402
+from pipelines.local_s3 import LocalS3  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -73,8 +73,8 @@ def _bench_case(work: Path, bucket: str, name: str, files: dict[str, int]) -> st
 
 def _report(rows: list[str]) -> None:
     print(f"\nS3 loopback throughput (SeaweedFS weed mini, multipart threshold "
-          f"{storage.MULTIPART_THRESHOLD // MiB} MiB, chunk {storage.MULTIPART_CHUNKSIZE // MiB} MiB, "
-          f"concurrency {storage.MAX_CONCURRENCY}, {os.cpu_count()} CPUs)")
+          f"{s3.MULTIPART_THRESHOLD // MiB} MiB, chunk {s3.MULTIPART_CHUNKSIZE // MiB} MiB, "
+          f"concurrency {s3.MAX_CONCURRENCY}, {os.cpu_count()} CPUs)")
     for row in rows:
         print("  " + row)
 

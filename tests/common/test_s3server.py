@@ -1,4 +1,4 @@
-"""The local SeaweedFS S3 server (components.common.s3server) and `kubetune s3 serve`."""
+"""The local SeaweedFS S3 server (pipelines.local_s3) and `kubetune s3 serve`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from components.common.s3server import LocalS3, S3ServerError, _port_open
+from pipelines.local_s3 import LocalS3, S3ServerError, _port_open
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_failed_start_reports_the_log(tmp_path, monkeypatch):
     fake = tmp_path / "weed"
     fake.write_text("#!/bin/sh\necho 'weed: cannot open volume directory' >&2\nexit 3\n")
     fake.chmod(0o755)
-    monkeypatch.setattr("components.common.s3server.weed_binary", lambda: str(fake))
+    monkeypatch.setattr("pipelines.local_s3.weed_binary", lambda: str(fake))
     with pytest.raises(S3ServerError, match=r"(?s)exited with code 3.*cannot open volume directory"):
         LocalS3(tmp_path / "s3", port=None).start()
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common import storage
-from components.common.s3server import free_ports
+from components.common import s3, storage
 from components.common.storage import (
     MANIFEST_NAME,
     AccessDenied,
@@ -31,6 +30,7 @@ from components.common.storage import (
     split_s3,
     transfer_stats,
 )
+from pipelines.local_s3 import free_ports
 
 MiB = 1024 * 1024
 
@@ -98,8 +98,8 @@ def test_manifest_content_hash_and_roundtrip():
 
 # ---- S3 round trips ---------------------------------------------------------------------------
 def test_multipart_upload_roundtrip(s3_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 8 * MiB)
-    monkeypatch.setattr(storage, "MULTIPART_CHUNKSIZE", 5 * MiB)  # the S3 minimum part size
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 8 * MiB)
+    monkeypatch.setattr(s3, "MULTIPART_CHUNKSIZE", 5 * MiB)  # the S3 minimum part size
     data = os.urandom(20 * MiB + 123)
     src = make_tree(tmp_path / "src", {"big.bin": data, "small.txt": b"small"})
     dest = s3_env.uri("runs/r1/merge")
@@ -400,7 +400,7 @@ def test_s3_publish_from_a_local_fetch_to_s3(s3_env, tmp_path):
 
 # ---- hf:// (offline here: only parsing and the offline error) --------------------------------
 def test_hf_uris_and_offline_error(tmp_path, monkeypatch):
-    from components.common.cache import parse_hf
+    from components.common.hf_hub import parse_hf
 
     assert parse_hf("hf://datasets/org/name/train.jsonl@v1") == ("dataset", "org/name", "train.jsonl", "v1")
     assert parse_hf("hf://datasets/org/name@main/sub/x.json") == ("dataset", "org/name", "sub/x.json", "main")
