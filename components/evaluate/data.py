@@ -13,11 +13,11 @@ size never matters; `ExampleSource` can be iterated any number of times (once pe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.common import prepared
 from components.common.errors import KubetuneError
 
 
@@ -38,34 +38,11 @@ class Example:
 
 
 def find_test_split(dataset_dir: Path) -> Path:
-    for name in ("test.jsonl", "test.parquet"):
-        if (dataset_dir / name).is_file():
-            return dataset_dir / name
-    raise EvalDataError(f"{dataset_dir}: no test split (expected test.jsonl or test.parquet, as the prepare "
-                        "step writes them)")
+    return prepared.require_split(dataset_dir, "test", error=EvalDataError)
 
 
 def _rows(path: Path) -> Iterator[tuple[str, dict]]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                n += 1
-                yield f"{path} [row {n - 1}]", row
-        return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise EvalDataError(f"{path}:{lineno}: malformed JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise EvalDataError(f"{path}:{lineno}: expected a JSON object per line")
-            yield f"{path}:{lineno}", row
+    return prepared.iter_records(path, error=EvalDataError)
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:

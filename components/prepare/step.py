@@ -25,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from components.common.config import DataSource, KubetuneConfig
+from components.common.tokenizer import chat_template_override, load_tokenizer
 from components.prepare import dedup, mix, report
 from components.prepare.problems import PrepareError, ProblemLog, Tally
 from components.prepare.readers import InputFile, expand, read_records, sniff
@@ -66,8 +67,9 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
 
     inputs: one entry per cfg.data.sources, in order: a local file, a local directory (every data file
     under it), or a list of files; InputFile(path, uri) keeps the original URI for messages. None reads
-    the sources' URIs as local paths. tokenizer: a loaded tokenizer or a local directory holding one.
-    chat_template: template text overriding the tokenizer's (the CLI passes model.chat_template's).
+    the sources' URIs as local paths. tokenizer: a loaded tokenizer or a local directory holding one
+    (loaded with model.trust_remote_code). chat_template: template text overriding the tokenizer's;
+    default: model.chat_template's (local, file://, s3:// or hf://), else the tokenizer's own.
     Raises PrepareError (a KubetuneError) for bad input the policy does not allow to skip.
     """
     started = time.monotonic()
@@ -83,10 +85,10 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
     if len(inputs) != len(sources):
         raise PrepareError(f"{len(inputs)} input(s) given for {len(sources)} data source(s); give one per "
                            f"source, in the order of data.sources")
+    if chat_template is None:
+        chat_template = chat_template_override(cfg, error=PrepareError)
     if isinstance(tokenizer, str | Path):
-        tokenizer = _load_tokenizer(Path(tokenizer))
-    if chat_template is None and cfg.model.chat_template:
-        chat_template = _read_template(cfg.model.chat_template)
+        tokenizer = load_tokenizer(cfg, Path(tokenizer), error=PrepareError, chat_template=chat_template)
     renderer = Renderer(tokenizer, p.max_seq_len, p.length_policy, chat_template=chat_template,
                         tokenizer_name=f"the tokenizer of {cfg.model.base}")
     tally = Tally()
@@ -161,23 +163,6 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
              seconds)
     return PrepareResult(out, train_path, test_path, stats_path, report_path, plot_path, len(train),
                          len(test), stats, seconds)
-
-
-def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        # trust_remote_code=False: a tokenizer that needs Python from the model repo is not loaded.
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise PrepareError(f"{path}: cannot load a tokenizer: {e}") from None
-
-
-def _read_template(location: str) -> str:
-    path = Path(location.removeprefix("file://"))
-    if not path.is_file():
-        raise PrepareError(f"model.chat_template: {location}: not a local file (the CLI fetches remote ones)")
-    return path.read_text(encoding="utf-8")
 
 
 def _input_files(given: SourceInput) -> list[InputFile]:

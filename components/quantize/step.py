@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.common.config import KubetuneConfig
+from components.common.tokenizer import load_tokenizer
 from components.quantize import convert as converter
 from components.quantize import native, ollama, quant_types, verify
-from components.quantize.errors import QualityGateFailed, VerificationFailed
+from components.quantize.errors import ModelInputError, QualityGateFailed, VerificationFailed
 
 log = logging.getLogger("kubetune.quantize")
 REPORT_JSON, REPORT_MD = "quantize_report.json", "report.md"
@@ -35,15 +36,12 @@ class QuantizeResult:
     modelfiles: dict[str, Path]
     report_path: Path
     report: dict
-    seconds: float
 
 
 def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, eval_data: str | Path,
         llama_cpp_dir: str | Path | None = None) -> QuantizeResult:
     """Convert, quantize and verify. `eval_data`: the prepared dataset directory (its test split) or
     a JSONL/Parquet file of records with prompt/completion, messages or text."""
-    from transformers import AutoTokenizer
-
     started = time.monotonic()
     q = cfg.quantize
     model_dir, output_dir = Path(model_dir), Path(output_dir)
@@ -52,7 +50,7 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
     hf_config = converter.check_model_dir(model_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     needed = quant_types.ensure_disk_space(model_dir, output_dir, q.outtype, types)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(cfg, model_dir, error=ModelInputError)
     context = hf_config.get("max_position_embeddings") or q.eval_max_tokens
     eval_set = verify.build_eval_set(tokenizer, Path(eval_data), max_records=q.eval_records,
                                      max_tokens=min(q.eval_max_tokens, context - q.generate_tokens))
@@ -92,8 +90,7 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
     if gate:
         raise QualityGateFailed(f"quantization lost too much quality ({where}):\n  " + "\n  ".join(gate))
     return QuantizeResult(output_dir=output_dir, files={t: paths[t] for t in types}, modelfiles=modelfiles,
-                          report_path=output_dir / REPORT_JSON, report=report,
-                          seconds=time.monotonic() - started)
+                          report_path=output_dir / REPORT_JSON, report=report)
 
 
 def _verify_all(cfg, model_dir, hf_config, tokenizer, eval_set, paths, quantize_seconds, base_type) -> dict:

@@ -10,14 +10,15 @@ reference's (the unquantized GGUF, and the HF model).
 
 from __future__ import annotations
 
-import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from components.common import prepared
 from components.quantize.errors import QuantizeError
 
 # Tokenizer stress text (whitespace runs, digits, contractions, punctuation, non-Latin scripts).
@@ -45,20 +46,13 @@ class EvalSet:
         return sum(max(0, len(ids) - 1) for ids in self.token_ids)
 
 
-def read_records(path: Path) -> list[dict]:
-    """Records of a JSONL/Parquet file, or of the test split in a prepared dataset directory."""
+def eval_records(path: Path) -> Iterator[dict]:
+    """Records of a JSONL/Parquet file, or of the test split in a prepared dataset directory, streamed."""
     path = Path(path)
     if path.is_dir():
-        for name in ("test.jsonl", "test.parquet"):
-            if (path / name).is_file():
-                return read_records(path / name)
-        raise QuantizeError(f"{path}: no test.jsonl or test.parquet (expected the prepare step's output)")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        path = prepared.require_split(path, "test", error=QuantizeError)
+    for _, record in prepared.iter_records(path, error=QuantizeError):
+        yield record
 
 
 def _content(message: dict) -> str:
@@ -72,7 +66,7 @@ def build_eval_set(tokenizer, path: Path, *, max_records: int, max_tokens: int,
     prompt + completion as is (it already holds the template's special tokens), `messages` through
     the chat template, plain `text` with the tokenizer's special tokens."""
     ids, texts, conversations = [], [], []
-    for rec in read_records(path):
+    for rec in eval_records(path):
         if len(ids) >= max_records:
             break
         messages = rec.get("messages") or None

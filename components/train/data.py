@@ -32,12 +32,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.common import prepared
 from components.common.errors import KubetuneError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
-EXTENSIONS = (".jsonl", ".parquet")
 ROLES = {"system", "user", "assistant"}
 EXPECTED = ("records with 'messages' (a list of {role: system|user|assistant, content: str}, ending with "
             "an assistant turn) or 'text' (str), as the prepare step writes them")
@@ -56,39 +55,6 @@ class TrainData:
     num_test: int
     multi_turn: int = 0  # records with more than one assistant turn
     notes: list[str] = field(default_factory=list)
-
-
-def find_split(dataset_dir: Path, split: str) -> Path | None:
-    for ext in EXTENSIONS:
-        p = dataset_dir / f"{split}{ext}"
-        if p.is_file():
-            return p
-    return None
-
-
-def read_records(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:
-            raise DatasetError(f"{path}: not a readable Parquet file ({e}); expected the prepare step's "
-                               "output") from None
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise DatasetError(f"{path}:{n}: not valid JSON ({e}); expected one JSON object per line "
-                                   "(the prepare step's output)") from None
-            if not isinstance(rec, dict):
-                raise DatasetError(f"{path}:{n}: a JSON {type(rec).__name__}; expected an object: {EXPECTED}")
-            records.append(rec)
-    return records
 
 
 def _check(rec: dict, where: str) -> str:
@@ -112,15 +78,11 @@ def _check(rec: dict, where: str) -> str:
 
 
 def load_split(dataset_dir: Path, split: str, required: bool) -> tuple[list[dict], list[str]]:
-    path = find_split(dataset_dir, split)
-    if path is None:
-        if required:
-            present = sorted(p.name for p in dataset_dir.iterdir())[:10] if dataset_dir.is_dir() else []
-            raise DatasetError(f"{dataset_dir}: no {split}.jsonl or {split}.parquet (found: "
-                               f"{', '.join(present) or 'nothing'}); expected the prepare step's output "
-                               "directory with train.jsonl and test.jsonl (or .parquet)")
+    if required:
+        path = prepared.require_split(dataset_dir, split, error=DatasetError)
+    elif (path := prepared.find_split(dataset_dir, split)) is None:
         return [], []
-    records = read_records(path)
+    records = prepared.read_records(path, error=DatasetError)
     if required and not records:
         raise DatasetError(f"{path}: no records; expected at least one training record")
     kinds = [_check(r, f"{path} record {i + 1}") for i, r in enumerate(records)]
@@ -199,9 +161,6 @@ def _convert(records: list[dict], kinds: list[str], mode: str, tokenizer) -> lis
 def validate(dataset_dir: Path) -> tuple[list[dict], list[str], list[dict], list[str]]:
     """Read and check both splits (cheap; done before the model is fetched)."""
     dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise DatasetError(f"{dataset_dir}: prepared dataset directory not found; expected the prepare "
-                           "step's output with train.jsonl and test.jsonl (or .parquet)")
     train, train_kinds = load_split(dataset_dir, "train", required=True)
     test, test_kinds = load_split(dataset_dir, "test", required=False)
     return train, train_kinds, test, test_kinds

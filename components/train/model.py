@@ -144,24 +144,13 @@ def preflight(cfg: KubetuneConfig, runtime: Runtime, model_config_path: Path) ->
 
 # ---- tokenizer ------------------------------------------------------------------------------------
 def load_tokenizer(cfg: KubetuneConfig, model_dir: Path):
-    from transformers import AutoTokenizer
+    """The base model's tokenizer (model.chat_template applied), padding on the right, a distinct pad."""
+    from components.common.tokenizer import load_tokenizer as load
 
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.model.chat_template:
-        tok.chat_template = read_chat_template(cfg.model.chat_template)
+    tok = load(cfg, model_dir, error=TrainSetupError)
     tok.padding_side = "right"
     choose_pad_token(tok)
     return tok
-
-
-def read_chat_template(uri: str) -> str:
-    from components.common import storage
-
-    try:
-        return storage.fetch_file(uri).read_text(encoding="utf-8")
-    except (OSError, storage.StorageError) as e:
-        raise TrainSetupError(f"model.chat_template {uri}: cannot read it ({e}); expected a .jinja file with "
-                              "the chat template") from None
 
 
 def choose_pad_token(tok) -> str | None:

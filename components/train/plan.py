@@ -65,7 +65,6 @@ GPUS: dict[str, Gpu] = {g.name: g for g in [
 ]}
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-LM_HEAD_TILE = 4096 * 32768 * 4 * 2  # trl's fused LM head: fp32 tile + its gradient
 OVERHEAD_FIXED = int(0.75 * GiB)
 OVERHEAD_FRACTION = 0.08
 METHODS = ("lora", "qlora", "full")

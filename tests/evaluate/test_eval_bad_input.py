@@ -37,7 +37,7 @@ def test_empty_test_split(make_config, demo, tmp_path):
     with pytest.raises(EvalDataError, match=r"empty \(2 plain-text record\(s\), which have no prompt/answer"):
         run(make_config(), demo.model_dir, demo.model_dir, data, tmp_path / "out")
     (data / "test.jsonl").unlink()
-    with pytest.raises(EvalDataError, match=r"no test split \(expected test.jsonl or test.parquet"):
+    with pytest.raises(EvalDataError, match=r"no test.jsonl or test.parquet \(found: nothing\); expected the prepare"):
         run(make_config(), demo.model_dir, demo.model_dir, data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
