@@ -181,7 +181,7 @@ def update_values(text: str, uri: str, release: dict, forced: bool, path: str = 
 
 def promote(release_uri: str, values_path: str | Path, *, force: bool = False, dry_run: bool = False,
             git_commit: bool = False) -> Promotion:
-    from components.publish.release import read_release
+    from components.common.release import read_release
 
     uri = check_uri(release_uri)
     values_path = Path(values_path)

@@ -34,7 +34,7 @@ import yaml
 
 from components.common import cache, storage
 from components.common.errors import KubetuneError
-from components.publish.release import VALUES_FILE, fetch_release, read_release
+from components.common.release import VALUES_FILE, fetch_release, read_release
 
 log = logging.getLogger("kubetune.serve_local")
 

@@ -123,6 +123,26 @@ def _fetch_base(release: dict, dest: Path, counts: dict) -> None:
             counts["bytes"] += path.stat().st_size
 
 
+def latest_release(root: str, model: str) -> dict | None:
+    """release.json of the newest complete release of a model, or None."""
+    prefix = storage.join_uri(root, "releases", model)
+    try:
+        found = storage.list_objects(prefix, suffixes=(RELEASE_FILE,))
+    except storage.NotFound:
+        return None
+    newest = None
+    for obj in found:
+        if obj.uri.rsplit("/", 1)[-1] != RELEASE_FILE:
+            continue
+        release_dir = obj.uri.rsplit("/", 1)[0]
+        if storage.read_manifest(release_dir) is None:
+            continue  # incomplete: a failed publish never counts as a release
+        release = json.loads(Path(storage.fetch_file(obj.uri)).read_text())
+        if newest is None or release["created_at"] > newest["created_at"]:
+            newest = release
+    return newest
+
+
 def part_entry(uri: str, local_dir: Path) -> dict:
     """release.json's description of one part: its URI and each file's size and sha256."""
     files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != storage.MANIFEST_NAME)

@@ -7,7 +7,11 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
 from components.common.config import KubetuneConfig
-from components.common.kfp_step import StepContext, StepOutcome
+from components.common.lifecycle import StepContext, StepOutcome
+from components.common.steps import StepSpec
+
+# Never cached: every run that passes the gate publishes a new, immutable release.
+SPEC = StepSpec(name="publish", image="base", cache_sections=(), uses_gpu=False, title="Publish the release")
 
 LINEAGE_KEYS = ("data_files", "data_sha256", "base_model", "tokenizer", "records", "train_method", "train_steps")
 
@@ -29,14 +33,13 @@ def publish(config: str, run_id: str, job_id: str, dataset: Input[Artifact], ada
             metrics: Output[Metrics], report: Output[HTML]) -> str:
     """Publish the release; returns its URI."""
     from components.common.kfp_step import kfp_main
-    from components.publish.component import execute
+    from components.publish.component import SPEC, execute
 
-    outcome = kfp_main("publish", execute, config=config, run_id=run_id, job_id=job_id,
+    outcome = kfp_main(SPEC, execute, config=config, run_id=run_id, job_id=job_id,
                        inputs={"dataset": dataset, "adapter": adapter, "evaluation": evaluation, "merged": merged,
                                "gguf": gguf}, output=release, metrics=metrics, html=report)
     return str(outcome.flags["release_uri"])
 
 
 def build(cfg: KubetuneConfig):
-    return dsl.component(publish, base_image=cfg.cluster.images.base or "python:3.11-slim",
-                         install_kfp_package=False)
+    return dsl.component(publish, base_image=SPEC.base_image(cfg), install_kfp_package=False)

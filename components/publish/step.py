@@ -19,7 +19,7 @@ import yaml
 
 from components.common import storage
 from components.common.config import KubetuneConfig
-from components.publish.release import (
+from components.common.release import (
     FETCH_MARKER,
     RELEASE_FILE,
     RELEASE_SCHEMA,
@@ -121,26 +121,6 @@ def run(cfg: KubetuneConfig, *, merged: Path, eval_dir: Path, adapter: Path | No
     return Release(uri=uri, version=version, release=release, manifest=manifest)
 
 
-def latest_release(root: str, model: str) -> dict | None:
-    """release.json of the newest complete release of a model, or None."""
-    prefix = storage.join_uri(root, "releases", model)
-    try:
-        found = storage.list_objects(prefix, suffixes=(RELEASE_FILE,))
-    except storage.NotFound:
-        return None
-    newest = None
-    for obj in found:
-        if obj.uri.rsplit("/", 1)[-1] != RELEASE_FILE:
-            continue
-        release_dir = obj.uri.rsplit("/", 1)[0]
-        if storage.read_manifest(release_dir) is None:
-            continue  # incomplete: a failed publish never counts as a release
-        release = json.loads(Path(storage.fetch_file(obj.uri)).read_text())
-        if newest is None or release["created_at"] > newest["created_at"]:
-            newest = release
-    return newest
-
-
 def _exists(uri: str) -> bool:
     try:
         storage.fetch_file(uri)
@@ -155,4 +135,4 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["FETCH_MARKER", "Release", "latest_release", "new_version", "run", "values_snippet"]
+__all__ = ["FETCH_MARKER", "Release", "new_version", "run", "values_snippet"]

@@ -7,7 +7,7 @@ exits non-zero with one clear line, and a corrupted model is never left in place
 
 import argparse
 
-from components.publish.release import FETCHABLE
+from components.common.release import FETCHABLE
 
 
 def _parts(text: str) -> list[str]:
@@ -27,7 +27,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from components.publish.release import fetch_release
+    from components.common.release import fetch_release
 
     parts = tuple(dict.fromkeys(args.parts or ["merged"]))
     counts = fetch_release(args.release, args.dest, parts)

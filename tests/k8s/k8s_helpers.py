@@ -70,7 +70,7 @@ def publish_release(root: str, *, model: str = "contracts-llama31-8b", version: 
     import tempfile
 
     from components.common import storage
-    from components.publish.release import RELEASE_SCHEMA, release_uri
+    from components.common.release import RELEASE_SCHEMA, release_uri
 
     uri = release_uri(root, model, version)
     release = {"schema": RELEASE_SCHEMA, "model": model, "version": version, "uri": uri, "run_id": "run42",

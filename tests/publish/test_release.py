@@ -8,8 +8,8 @@ import yaml
 
 from components.common import storage
 from components.common.config import config_from_dict
+from components.common.release import FETCH_MARKER, ReleaseError, fetch_release, latest_release, read_release
 from components.publish import step as publish
-from components.publish.release import FETCH_MARKER, ReleaseError, fetch_release, read_release
 from pipelines.cli import main
 
 
@@ -78,12 +78,12 @@ def test_failed_gate_publishes_nothing(s3_env, run_outputs):
 
 def test_latest_release_ignores_incomplete(s3_env, run_outputs):
     cfg = make_cfg(s3_env.uri("kt"))
-    assert publish.latest_release(cfg.storage.root, "contracts-tiny") is None
+    assert latest_release(cfg.storage.root, "contracts-tiny") is None
     first = publish.run(cfg, **run_outputs, run_id="a", version="v1")
     # an incomplete release (release.json but no manifest) must never count
     s3_env.client().put_object(Bucket=s3_env.bucket, Key="kt/releases/contracts-tiny/v2/release.json",
                                Body=json.dumps({"created_at": "2999-01-01T00:00:00Z"}).encode())
-    assert publish.latest_release(cfg.storage.root, "contracts-tiny")["version"] == first.version
+    assert latest_release(cfg.storage.root, "contracts-tiny")["version"] == first.version
 
 
 def test_fetch_rejects_tampered_object(s3_env, run_outputs, tmp_path):
