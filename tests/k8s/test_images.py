@@ -11,6 +11,17 @@ import pytest
 import yaml
 from k8s_helpers import DOCKERFILES, IMAGES, K8S, REPO, run
 
+
+def import_image_tool(name: str):
+    """A script of images/gguf (development and image tooling, not in the kubetune package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, IMAGES / "gguf" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 OCI_LABELS = ("title", "description", "version", "revision", "created", "source", "licenses")
@@ -105,7 +116,9 @@ def test_hadolint_and_checkov_directives_are_justified():
 
 
 def test_gguf_image_provides_llama_cpp_where_the_quantize_step_looks():
-    from components.quantize import convert, install_converter
+    from components.quantize import convert
+
+    install_converter = import_image_tool("install_converter")
 
     text = DOCKERFILES["gguf"].read_text()
     env = " ".join(args for word, args in final_stage(DOCKERFILES["gguf"]) if word == "ENV")
@@ -117,7 +130,7 @@ def test_gguf_image_provides_llama_cpp_where_the_quantize_step_looks():
     assert f"install_converter.py {llama_dir} " in text
     assert set(convert.REQUIRED) <= {w.rstrip("/") + ("/__init__.py" if w.endswith("/") else "")
                                      for w in install_converter.WANTED} | {"gguf-py/gguf/__init__.py"}
-    # the tools: built by build_llama_tools.py (the script `make install-llama-server` runs) into <dir>/bin
+    # the tools: built by build_llama_tools.py (the script `make install-llama-cpp` runs) into <dir>/bin
     assert re.search(rf"build_llama_tools\.py {re.escape(llama_dir)}/bin --target llama-quantize "
                      r"--target llama-perplexity\s", text)
     assert '--sdist "$sdist"' in text.split("build_llama_tools.py /opt", 1)[1].split("\n")[1]

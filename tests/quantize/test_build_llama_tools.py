@@ -9,12 +9,15 @@ import io
 import json
 import os
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from components.quantize import build_llama_tools as blt
+# images/gguf's scripts import each other as scripts do: their directory on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images" / "gguf"))
+import build_llama_tools as blt  # noqa: E402
 
 CMAKELISTS = """cmake_minimum_required(VERSION 3.16)
 project(standin C)
