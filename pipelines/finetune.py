@@ -13,6 +13,7 @@ unless `publish.skip_if_no_new_data` says otherwise).
 from kfp import dsl, kubernetes
 
 from components.common.config import KubetuneConfig
+from components.common.steps import STEP_NAMES
 
 # Environment variables that the S3 Secret provides to every step (Secret key -> env var). Only
 # the endpoint is optional-looking, but a Secret lacking a key fails the pod clearly at start.
@@ -28,25 +29,22 @@ RETRY_BACKOFF_MAX = "3600s"
 
 
 def _components(cfg: KubetuneConfig) -> dict:
-    # Imported here so that `kubetune --help` and config validation don't import every step.
-    from components.evaluate import component as evaluate
-    from components.merge import component as merge
-    from components.prepare import component as prepare
-    from components.publish import component as publish
-    from components.quantize import component as quantize
-    from components.train import component as train
+    """Each step's KFP component for this config (imported here, so that `kubetune --help` and config
+    validation don't import every step)."""
+    from pipelines.steps import component_module
 
-    return {"prepare": prepare.build(cfg), "train": train.build(cfg), "eval": evaluate.build(cfg),
-            "merge": merge.build(cfg), "quantize": quantize.build(cfg), "publish": publish.build(cfg)}
+    return {name: component_module(name).build(cfg) for name in STEP_NAMES}
 
 
 def configure_task(task: dsl.PipelineTask, cfg: KubetuneConfig, step: str) -> dsl.PipelineTask:
     """Retries, caching, GPUs, placement, credentials and the model cache, for one step.
 
     KFP's own cache is off: kubetune caches explicitly, keyed by the input manifests' content hashes
-    (components/common/kfp_step.py), which also works in local mode and survives a new run id.
+    (components/common/lifecycle.py), which also works in local mode and survives a new run id.
     """
-    options = cfg.step(step)
+    from pipelines.steps import spec
+
+    options = spec(step).options(cfg)
     task.set_display_name(step)
     task.set_caching_options(enable_caching=False)
     if options.retries:

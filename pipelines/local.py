@@ -17,11 +17,10 @@ from pathlib import Path
 from components.common import storage
 from components.common.config import KubetuneConfig
 from components.common.errors import KubetuneError
+from components.common.lifecycle import OUTCOME_FILE
+from components.common.steps import STEP_NAMES
 
 log = logging.getLogger("kubetune.local")
-
-STEPS = ("prepare", "train", "eval", "merge", "quantize", "publish")
-
 
 @dataclass
 class LocalRun:
@@ -45,9 +44,11 @@ def new_run_id() -> str:
 def without_retries(cfg: KubetuneConfig) -> KubetuneConfig:
     """The config to build the local pipeline from: KFP's local runner honours retries with their
     backoff (a minute and more), which on a laptop only delays a deterministic failure's report."""
+    from pipelines.steps import specs
+
     local_cfg = cfg.model_copy(deep=True)
-    for step in STEPS:
-        local_cfg.cluster.steps[step] = local_cfg.step(step).model_copy(update={"retries": 0})
+    for spec in specs():
+        local_cfg.cluster.steps[spec.name] = spec.options(local_cfg).model_copy(update={"retries": 0})
     return local_cfg
 
 
@@ -69,14 +70,14 @@ def run_local(cfg: KubetuneConfig, *, pipeline_root: str | Path = ".kubetune/kfp
         raise KubetuneError(f"local run {run_id} failed: {e}") from None
     result = LocalRun(run_id=run_id, run_root=storage.join_uri(cfg.storage.root, "runs", run_id),
                       wall_seconds=time.monotonic() - started)
-    for step in STEPS:
+    for step in STEP_NAMES:
         outcome = _read_outcome(storage.join_uri(result.run_root, step))
         if outcome is not None:
             result.outcomes[step] = outcome
             result.step_seconds[step] = 0.0 if outcome.get("cached_from") else outcome.get("seconds", 0.0)
     if "publish" in result.outcomes:
         uri = result.outcomes["publish"]["flags"]["release_uri"]
-        from components.publish.release import read_release
+        from components.common.release import read_release
 
         result.release = read_release(uri)
     return result
@@ -86,4 +87,4 @@ def _read_outcome(uri: str) -> dict | None:
     manifest = storage.read_manifest(uri)
     if manifest is None:
         return None
-    return json.loads((storage.fetch_dir(uri) / "step_outcome.json").read_text())
+    return json.loads((storage.fetch_dir(uri) / OUTCOME_FILE).read_text())

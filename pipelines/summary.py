@@ -36,9 +36,9 @@ def summary_lines(result: LocalRun) -> list[str]:
         for entry in release["artifacts"].get("gguf", {}).get("files", []):
             if entry["path"].endswith(".gguf"):
                 lines.append(f"  gguf {entry['path']}: {entry['size'] / 1e6:.1f} MB")
-    for step in ("prepare", "train", "eval", "quantize"):
-        if step in result.outcomes:
-            lines.append(f"{step} report: {storage.join_uri(result.run_root, step, 'report.md')}")
+    for step, outcome in result.outcomes.items():  # in pipeline order
+        if outcome.get("report") and not outcome.get("cached_from"):
+            lines.append(f"{step} report: {storage.join_uri(result.run_root, step, outcome['report'])}")
     return lines
 
 

@@ -8,6 +8,11 @@ Fixtures:
   demo       (session)  the demo assets with a random (not pre-trained) base, kept in the pytest
                         cache between runs (tests/train and tests/quantize have their own).
   torch_threads (session) torch_threads(n): a context manager running its block on n intra-op threads.
+  demo_run   (session)  ONE run of the demo's pipeline (its config, a shorter eval) through the KFP local
+                        runner on s3_server, with the demo's own pre-trained assets: its release, its
+                        step outputs and its config. Every test that only reads a fine-tune, a release
+                        or a served model uses it (tests/pipelines, tests/eval, tests/serving), so the
+                        suite pre-trains and fine-tunes the demo once.
 
 tests/bench/ (speed and memory figures, not pass/fail) is collected only when it is named on the
 command line (`pytest tests/bench`, as `make bench` does), so `make test` never runs it. There,
@@ -23,8 +28,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from demo_run import DEMO_RUN_SHORTER, DemoRun, environ
 
 BENCH_DIR = Path(__file__).resolve().parent / "bench"
+
+
+@pytest.fixture(scope="session")
+def demo_run(s3_server, tmp_path_factory) -> DemoRun:
+    import os
+
+    from components.common.config import load_config
+    from pipelines import local_demo
+    from pipelines.demo.assets import ensure_demo_assets
+    from pipelines.local import run_local
+
+    env = {**s3_server.env(), "KUBETUNE_CACHE": str(tmp_path_factory.mktemp("demo-run-cache"))}
+    pipeline_root = tmp_path_factory.mktemp("demo-run-kfp")
+    with environ(env):
+        s3_server.ensure_bucket(local_demo.DEMO_BUCKET)
+        # KUBETUNE_TEST_DEMO_DIR: reuse a demo build across sessions (rebuilt only when stale).
+        assets = ensure_demo_assets(os.environ.get("KUBETUNE_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
+        local_demo.upload_assets(assets)
+        cfg = load_config(local_demo.DEMO_CONFIG, {**DEMO_RUN_SHORTER,
+                                                   "storage.root": f"s3://{local_demo.DEMO_BUCKET}/tests"})
+        result = run_local(cfg, pipeline_root=pipeline_root, run_id="e2e-1")
+    return DemoRun(cfg=cfg, result=result, assets=assets, pipeline_root=pipeline_root, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -133,3 +161,24 @@ def s3_env(s3_server, monkeypatch, tmp_path) -> Iterator[S3Env]:
     yield S3Env(server=s3_server, bucket=bucket, env=env)
     # Give the bucket's volume back: the session's one server has a fixed number of them.
     s3_server.delete_bucket(bucket)
+
+
+# ---- phase times: how long each test folder took (setup, call and teardown), printed at the end ----
+_FOLDER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    parts = Path(report.nodeid.split("::")[0]).parts
+    folder = "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+    _FOLDER_SECONDS[folder] = _FOLDER_SECONDS.get(folder, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per test folder, slowest first, so that the next slowdown is visible in CI's log (a
+    session fixture's cost counts in the folder of the first test that uses it)."""
+    if not _FOLDER_SECONDS:
+        return
+    terminalreporter.section("phase times (seconds per test folder)")
+    for folder, seconds in sorted(_FOLDER_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f}  {folder}")
+    terminalreporter.write_line(f"{sum(_FOLDER_SECONDS.values()):8.1f}  all tests")

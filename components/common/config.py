@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.common.errors import KubetuneError
+from components.common.steps import StepName
 
 
 class ConfigError(KubetuneError, ValueError):
@@ -247,8 +248,7 @@ class ClusterConfig(Section):
     s3_secret_name: str = Field("kubetune-s3", description="Secret with AWS_ACCESS_KEY_ID, "
                                                            "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3.")
     cache_pvc: str | None = None
-    steps: dict[Literal["prepare", "train", "eval", "merge", "quantize", "publish"], StepOptions] = \
-        Field(default_factory=dict)
+    steps: dict[StepName, StepOptions] = Field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,10 +272,10 @@ class KubetuneConfig(Section):
             raise ValueError("train.lora.target_modules: expected 'all-linear' or a non-empty list")
         return self
 
-    def step(self, name: str) -> StepOptions:
-        """Per-step cluster options; train uses a GPU unless the config says otherwise."""
-        default = StepOptions(use_gpu=(name == "train"))
-        return self.cluster.steps.get(name, default)  # type: ignore[arg-type]
+    def step_options(self, name: str, *, uses_gpu: bool) -> StepOptions:
+        """`cluster.steps.<name>`, or the defaults for a step (a GPU when `uses_gpu`); call it through the
+        step's spec (`StepSpec.options`), which knows whether the step uses a GPU."""
+        return self.cluster.steps.get(name) or StepOptions(use_gpu=uses_gpu)  # type: ignore[call-overload]
 
     def content_hash(self) -> str:
         """Stable hash of the whole config, recorded in manifests for lineage and caching."""
@@ -405,10 +405,6 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key} is not a section")
     node[leaf] = value
-
-
-def dump_config(cfg: KubetuneConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
 def json_schema() -> dict[str, Any]:

@@ -42,7 +42,7 @@ from components.common.s3 import (
 )
 
 # publish_dir uploads and writes the manifest through these two names of this module, so tests can spy on
-# what a publish writes, and in which order (tests/evaluate/test_eval_s3.py, tests/merge/test_merge_s3.py)
+# what a publish writes, and in which order (tests/eval/test_eval_s3.py, tests/merge/test_merge_s3.py)
 from components.common.s3 import transfer as _transfer
 from components.common.s3 import write_text as _write_text
 from components.common.storage_errors import AccessDenied, EndpointUnreachable, HashMismatch, NotFound, StorageError

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from components.common.config import KubetuneConfig
 from components.common.errors import KubetuneError
-from components.evaluate.metrics import LOWER_IS_BETTER
+from components.eval.metrics import LOWER_IS_BETTER
 
 
 class GateError(KubetuneError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
 
-from components.evaluate.metrics import completion_nll
+from components.eval.metrics import completion_nll
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import html
 from pathlib import Path
 
 from components.common.plots import grouped_bar_png
-from components.evaluate.metrics import LOWER_IS_BETTER
+from components.eval.metrics import LOWER_IS_BETTER
 
 CHART = "eval_chart.png"
 MAX_CELL = 600  # characters of a prompt or output shown in a table cell

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common.config import KubetuneConfig
-from components.evaluate import data, gate, lm_eval_tasks, models, report
-from components.evaluate.generate import batched, generate, score_completions, stop_token_ids
-from components.evaluate.metrics import LOWER_IS_BETTER, TEXT_METRICS, MetricTotals, PerplexityTotal, score_pair
+from components.eval import data, gate, lm_eval_tasks, models, report
+from components.eval.generate import batched, generate, score_completions, stop_token_ids
+from components.eval.metrics import LOWER_IS_BETTER, TEXT_METRICS, MetricTotals, PerplexityTotal, score_pair
 
 log = logging.getLogger(__name__)
 SIDES = ("base", "tuned")

@@ -6,29 +6,30 @@ files, Modelfiles and reports. Runs on the `gguf` image (cluster.images.gguf), w
 checkout is found through $KUBETUNE_LLAMA_CPP_DIR.
 """
 
-import time
 from pathlib import Path
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
 from components.common.config import KubetuneConfig
-from components.common.kfp_step import StepContext, StepOutcome
+from components.common.lifecycle import StepContext, StepOutcome
+from components.common.steps import StepSpec
+
+SPEC = StepSpec(name="quantize", image="gguf", cache_sections=("quantize",), uses_gpu=False,
+                title="Quantize to GGUF")
 
 
-def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext | None = None,
-            *, llama_cpp_dir: str | None = None) -> StepOutcome:
+def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext) -> StepOutcome:
     """Quantize inputs["model"] into output_dir, measuring on inputs["dataset"] (a prepared dataset
-    directory or a JSONL/Parquet file)."""
+    directory or a JSONL/Parquet file). llama.cpp's converter is found through $KUBETUNE_LLAMA_CPP_DIR
+    (the gguf image sets it; `kubetune quantize --llama-cpp-dir` too)."""
     from components.quantize import step
 
-    started = time.monotonic()
-    result = step.run(cfg, inputs["model"], output_dir, eval_data=inputs["dataset"],
-                      llama_cpp_dir=llama_cpp_dir)
-    return outcome_of(result.report, time.monotonic() - started)
+    result = step.run(cfg, inputs["model"], output_dir, eval_data=inputs["dataset"])
+    return outcome_of(result.report)
 
 
-def outcome_of(report: dict, seconds: float) -> StepOutcome:
+def outcome_of(report: dict) -> StepOutcome:
     metrics: dict[str, float] = {"conversion_seconds": report["converter"]["seconds"]}
     gguf = {}
     for e in report["files"]:
@@ -42,19 +43,18 @@ def outcome_of(report: dict, seconds: float) -> StepOutcome:
     if report["reference"]["hf"]:
         metrics["hf_perplexity"] = report["reference"]["hf"]["perplexity"]
     return StepOutcome(metrics=metrics, report="report.md", flags={"passed": report["passed"]},
-                       lineage={"gguf": gguf}, seconds=round(seconds, 3))
+                       lineage={"gguf": gguf})
 
 
 def quantize(config: str, run_id: str, job_id: str, model: Input[Artifact], dataset: Input[Artifact],
              gguf: Output[Artifact], metrics: Output[Metrics], report: Output[HTML]):
     """GGUF files (llama.cpp), verified, with Ollama Modelfiles."""
     from components.common.kfp_step import kfp_main
-    from components.quantize.component import execute
+    from components.quantize.component import SPEC, execute
 
-    kfp_main("quantize", execute, config=config, run_id=run_id, job_id=job_id,
+    kfp_main(SPEC, execute, config=config, run_id=run_id, job_id=job_id,
              inputs={"model": model, "dataset": dataset}, output=gguf, metrics=metrics, html=report)
 
 
 def build(cfg: KubetuneConfig):
-    return dsl.component(quantize, base_image=cfg.cluster.images.gguf or "python:3.11-slim",
-                         install_kfp_package=False)
+    return dsl.component(quantize, base_image=SPEC.base_image(cfg), install_kfp_package=False)

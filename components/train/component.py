@@ -11,7 +11,11 @@ from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
 from components.common import storage
 from components.common.config import KubetuneConfig
-from components.common.kfp_step import StepContext, StepOutcome
+from components.common.lifecycle import StepContext, StepOutcome
+from components.common.steps import StepSpec
+
+SPEC = StepSpec(name="train", image="train", cache_sections=("model", "train"), uses_gpu=True,
+                title="Fine-tune")
 
 # train_metrics.json entries shown as KFP Metrics (numbers only).
 METRICS = ("final_train_loss", "best_train_loss", "initial_eval_loss", "final_eval_loss", "best_eval_loss",
@@ -23,7 +27,8 @@ def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx:
     from components.train import step
 
     result = step.run(cfg, inputs["dataset"], output_dir, run_id=ctx.run_id,
-                      checkpoint_uri=storage.join_uri(ctx.output_uri, "checkpoints"))
+                      checkpoint_uri=storage.join_uri(ctx.output_uri, "checkpoints"), work_dir=ctx.work_dir,
+                      progress=ctx.progress)
     metrics = {k: result.metrics[k] for k in METRICS if isinstance(result.metrics.get(k), int | float)}
     (output_dir / "report.md").write_text(markdown_report(cfg, result.metrics))
     return StepOutcome(metrics=metrics, report="report.md",
@@ -41,12 +46,11 @@ def train(config: str, run_id: str, job_id: str, dataset: Input[Artifact], model
           metrics: Output[Metrics], report: Output[HTML]):
     """Fine-tune with LoRA, QLoRA or full fine-tuning; resumes from the run's newest checkpoint."""
     from components.common.kfp_step import kfp_main
-    from components.train.component import execute
+    from components.train.component import SPEC, execute
 
-    kfp_main("train", execute, config=config, run_id=run_id, job_id=job_id, inputs={"dataset": dataset},
+    kfp_main(SPEC, execute, config=config, run_id=run_id, job_id=job_id, inputs={"dataset": dataset},
              output=model, metrics=metrics, html=report)
 
 
 def build(cfg: KubetuneConfig):
-    return dsl.component(train, base_image=cfg.cluster.images.train or "python:3.11-slim",
-                         install_kfp_package=False)
+    return dsl.component(train, base_image=SPEC.base_image(cfg), install_kfp_package=False)

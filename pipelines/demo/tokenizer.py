@@ -96,10 +96,3 @@ def save_tokenizer(tokenizer, out_dir: Path) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config.update(tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True, add_eos_token=False)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def assistant_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(input_ids, assistant mask) of `messages` as the chat template renders them."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    return list(out["input_ids"]), list(out["assistant_masks"])

@@ -55,7 +55,9 @@ def test_minimal_config_gets_defaults(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg.prepare.max_seq_len == 2048
     assert cfg.quantize.types == ["Q4_K_M", "Q8_0"]
-    assert cfg.step("train").use_gpu and not cfg.step("prepare").use_gpu
+    from pipelines.steps import spec
+
+    assert spec("train").options(cfg).use_gpu and not spec("prepare").options(cfg).use_gpu
 
 
 def test_unknown_key_names_path_and_line(tmp_path):

@@ -8,10 +8,10 @@ import shutil
 import pytest
 from eval_helpers import write_jsonl
 
-from components.evaluate.data import EvalDataError
-from components.evaluate.gate import GateError
-from components.evaluate.models import ModelLoadError
-from components.evaluate.step import run
+from components.eval.data import EvalDataError
+from components.eval.gate import GateError
+from components.eval.models import ModelLoadError
+from components.eval.step import run
 
 CHAT = {"messages": [{"role": "user", "content": "Parties?"}, {"role": "assistant", "content": "{\"parties\":[]}"}]}
 

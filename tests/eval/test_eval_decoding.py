@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.evaluate.generate import generate, score_completions, stop_token_ids
+from components.eval.generate import generate, score_completions, stop_token_ids
 
 
 @pytest.fixture(scope="module")

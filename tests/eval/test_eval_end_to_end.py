@@ -8,8 +8,8 @@ import json
 
 from eval_helpers import read_jsonl
 
-from components.evaluate import gate
-from components.evaluate.step import flat_metrics, run
+from components.eval import gate
+from components.eval.step import flat_metrics, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from components.common.config import config_from_dict
-from components.evaluate import gate
-from components.evaluate.gate import GateError
+from components.eval import gate
+from components.eval.gate import GateError
 
 
 def make_cfg(**eval_section):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from components.evaluate.metrics import (
+from components.eval.metrics import (
     MetricTotals,
     PerplexityTotal,
     completion_nll,

@@ -11,7 +11,8 @@ import yaml
 from components.common import storage
 from pipelines.cli import main
 
-OUTPUTS = {"eval_results.json", "gate.json", "samples.jsonl", "report.md", "report.html", "eval_chart.png"}
+OUTPUTS = {"eval_results.json", "gate.json", "samples.jsonl", "report.md", "report.html", "eval_chart.png",
+           "step_outcome.json"}
 
 
 def spy_on_publishing(monkeypatch) -> list[tuple[str, str]]:

@@ -42,7 +42,8 @@ def test_merge_cli_on_s3(s3_env, demo_model, adapter, tmp_path, monkeypatch, cap
             "chat_template.jinja", "generation_config.json"} <= names
     assert len([n for n in names if n.endswith(".safetensors")]) >= 2
     assert events[-1] == storage.join_uri(out, "_manifest.json") and len(events) == len(names) + 1
-    assert manifest.lineage["adapter"] == adapter_uri and manifest.lineage["max_abs_logit_diff"] <= 1e-4
+    assert manifest.lineage["step_inputs"]["adapter"]["uri"] == adapter_uri
+    assert manifest.lineage["max_abs_logit_diff"] <= 1e-4
 
     local = storage.fetch_dir(out)
     report = json.loads((local / "merge_report.json").read_text())

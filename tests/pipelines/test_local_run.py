@@ -1,53 +1,38 @@
 """End to end: the whole pipeline through the KFP local SubprocessRunner, against the real SeaweedFS.
 
-One run of the demo config (shortened) checks the release: release.json hashes match the stored
+The session's one run of the demo config (shortened eval; the `demo_run` fixture of tests/conftest.py,
+which tests/eval and tests/serving read too) checks the release: release.json hashes match the stored
 objects, the GGUF files load with llama.cpp and answer, and the gate passed. Then the failure paths:
 a scheduled rerun on the same data ends early and publishes nothing, and a failed step yields no
 release.
 """
 
-import os
-
 import pytest
+from demo_run import DEMO_RUN_SHORTER, environ
 
 from components.common import storage
 from components.common.config import load_config
 from components.common.errors import KubetuneError
-from components.publish.step import latest_release
+from components.common.release import latest_release
 from pipelines import local_demo
 from pipelines.local import run_local
 
-# The demo config with a shorter eval (the demo itself runs the full config). Training keeps the
-# demo's 300 steps: after 160 the valid-JSON rate passed the gate (>= 0.5) on one CPU and was 0.0 on
-# another (AMD EPYC; floating point differs), so a shorter run made this test depend on the machine.
-SHORTER = {"train.eval_steps": 150, "eval.max_examples": 24, "quantize.eval_records": 8}
-
 
 @pytest.fixture(scope="module")
-def demo_env(s3_server, tmp_path_factory):
-    """The demo's bucket and assets in the session's SeaweedFS; the environment the steps inherit."""
-    from pipelines.demo.assets import ensure_demo_assets
-
-    saved = dict(os.environ)
-    os.environ.update(s3_server.env())
-    os.environ["KUBETUNE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    s3_server.ensure_bucket(local_demo.DEMO_BUCKET)
-    assets = ensure_demo_assets(os.environ.get("KUBETUNE_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
-    local_demo.upload_assets(assets)
-    yield tmp_path_factory.mktemp("kfp")
-    os.environ.clear()
-    os.environ.update(saved)
+def demo_env(demo_run):
+    """The environment of the session's demo run (tests/conftest.py), for the steps and reads here."""
+    with environ(demo_run.env):
+        yield demo_run.pipeline_root
 
 
 def demo_config(tmp_path, **overrides):
     root = f"s3://{local_demo.DEMO_BUCKET}/test-{tmp_path.name}"
-    return load_config(local_demo.DEMO_CONFIG, {**SHORTER, "storage.root": root, **overrides})
+    return load_config(local_demo.DEMO_CONFIG, {**DEMO_RUN_SHORTER, "storage.root": root, **overrides})
 
 
 @pytest.fixture(scope="module")
-def finished_run(demo_env, tmp_path_factory):
-    cfg = demo_config(tmp_path_factory.mktemp("run"))
-    return cfg, run_local(cfg, pipeline_root=demo_env, run_id="e2e-1")
+def finished_run(demo_run, demo_env):
+    return demo_run.cfg, demo_run.result
 
 
 def test_release_is_complete_and_verified(finished_run):

@@ -214,7 +214,7 @@ def test_cli_failure_exits_non_zero_and_publishes_nothing(tmp_path, tokenizer_di
         path, expected = tmp_path / "nope.jsonl", "input not found"
     config = write_config(tmp_path / "cfg.yaml", [{"uri": str(path)}], **policy)
     out = tmp_path / "published"
-    rc = main(["prepare", "--config", str(config), "--tokenizer", str(tokenizer_dir), "--output", str(out)])
+    rc = main(["prepare", "--config", str(config), "--set", f"model.base={tokenizer_dir}", "--output", str(out)])
     err = capsys.readouterr().err
     assert rc == 2
     assert f"kubetune prepare: error: {path}" in err and expected in err

@@ -46,7 +46,7 @@ def test_cli_on_the_demo_dataset(s3_env, demo, tmp_path, capsys):
 
     manifest = storage.read_manifest(output)
     assert {f.path for f in manifest.files} == {"train.jsonl", "test.jsonl", "stats.json", "report.md",
-                                                 "token_lengths.png"}
+                                                 "token_lengths.png", "step_outcome.json"}
     assert manifest.lineage["tokenizer"] == model
     stats = json.loads(storage.fetch_file(f"{output}/stats.json").read_text())
     assert set(stats["sources"]) == {"contracts", "general"}

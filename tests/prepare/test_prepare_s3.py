@@ -14,7 +14,7 @@ from pipelines.cli import main
 
 
 def _prepare(config, tokenizer_dir, output, *inputs):
-    argv = ["prepare", "--config", str(config), "--tokenizer", str(tokenizer_dir), "--output", output]
+    argv = ["prepare", "--config", str(config), "--set", f"model.base={tokenizer_dir}", "--output", output]
     for uri in inputs:
         argv += ["--input", uri]
     return main(argv)
@@ -35,7 +35,7 @@ def test_single_object_source_and_s3_output(s3_env, tmp_path, tokenizer_dir):
     manifest = storage.read_manifest(output)
     assert manifest.producer == "prepare"
     assert {f.path for f in manifest.files} == {"train.jsonl", "test.jsonl", "stats.json", "report.md",
-                                                 "token_lengths.png"}
+                                                 "token_lengths.png", "step_outcome.json"}
     [entry] = manifest.lineage["data_files"]
     assert entry["uri"] == source and entry["sha256"] == storage.sha256_file(local)
     assert manifest.lineage["config_hash"] and manifest.lineage["data_sha256"]

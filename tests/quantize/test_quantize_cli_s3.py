@@ -28,8 +28,9 @@ def test_cli_quantizes_from_and_to_s3(demo, s3_env, tmp_path, capsys):
     assert manifest is not None and manifest.producer == "quantize"
     files = {f.path: f for f in manifest.files}
     assert set(files) == {"tiny-demo-Q8_0.gguf", "Modelfile.Q8_0", "quantize_report.json",
-                          "report.md"}
-    assert manifest.lineage["model"] == model_uri and manifest.lineage["model_content_hash"]
+                          "report.md", "step_outcome.json"}
+    assert manifest.lineage["step_inputs"]["model"] == {"uri": model_uri,
+                                                        "content_hash": storage.read_manifest(model_uri).content_hash()}
     assert manifest.lineage["gguf"]["Q8_0"]["file"] == "tiny-demo-Q8_0.gguf"
     local = storage.fetch_dir(out_uri)  # verifies every sha256 against the manifest
     report = json.loads((local / "quantize_report.json").read_text())

@@ -2,10 +2,10 @@
 
 Session fixtures (each built once, shared by every test of the session):
   serving_env     the AWS environment of the session's SeaweedFS S3 server, and a private $KUBETUNE_CACHE
-  trained         a real, brief LoRA fine-tune of the demo model through the train step (TRAIN below),
-                  merged by the merge step, quantized by the quantize step (Q4_K_M, Q8_0) and
-                  published by the publish step (merged, adapter and gguf parts) to the local S3: a
-                  model that answers in the trained JSON format
+  trained         the release of the session's one demo pipeline run (`demo_run`, tests/conftest.py): a
+                  real LoRA fine-tune of the pre-trained demo model, merged, quantized (Q4_K_M, Q8_0)
+                  and published (merged, adapter and gguf parts) to the local S3: a model that
+                  answers in the trained JSON format
   servers         two `kubetune serve-local` processes started together, each one vLLM's CPU build:
                   "merged" serves the release as published (its values.yaml only), "lora" serves the
                   release's base with its adapter (LORA_VALUES, through --lora-modules)
@@ -20,7 +20,6 @@ request latency go to the pytest cache (`kubetune/serving-figures`) and to stdou
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -32,7 +31,6 @@ from serving_helpers import (
     REPO,
     ServingEnv,
     Trained,
-    config_dict,
     kill_group,
     record_figures,
     start_prometheus,
@@ -57,41 +55,19 @@ def serving_env(s3_server, tmp_path_factory) -> ServingEnv:
 
 
 @pytest.fixture(scope="session")
-def trained(serving_env, demo, tmp_path_factory, torch_threads) -> Trained:
-    """prepare -> train (real LoRA, CPU) -> merge -> quantize -> publish to S3. The eval step is not run here
-    (tests/evaluate covers it): its gate verdict is written by hand, as in tests/publish."""
-    require_tools()  # before the fine-tune: fail in seconds, not minutes
+def trained(demo_run) -> Trained:
+    """The release of the session's one demo pipeline run (tests/conftest.py `demo_run`: prepare -> a
+    real LoRA fine-tune on CPU -> eval -> merge -> quantize -> publish, through the KFP local runner),
+    and its step outputs, fetched: the model every serving test serves."""
+    require_tools()  # fail in seconds, not after the pipeline
 
-    from components.common.config import config_from_dict
-    from components.merge.step import run as merge
-    from components.prepare.step import run as prepare
-    from components.publish.step import run as publish
-    from components.quantize.step import run as quantize
-    from components.train.step import run as train
-
-    cfg = config_from_dict(config_dict(demo, serving_env.root))
-    work = tmp_path_factory.mktemp("serving-release")
-    figures = {}
-    with torch_threads(1):
-        prepare(cfg, None, work / "prepared", demo.model_dir)
-        t0 = time.monotonic()
-        result = train(cfg, work / "prepared", work / "adapter", checkpoint_uri=None, run_id="serving-tests",
-                       progress=False)
-        figures["train_seconds"] = round(time.monotonic() - t0, 1)
-        figures["train_eval_loss"] = [result.metrics.get("initial_eval_loss"), result.metrics.get("final_eval_loss")]
-        merge(cfg, demo.model_dir, work / "adapter", work / "merged")
-        t0 = time.monotonic()
-        quantize(cfg, work / "merged", work / "gguf", eval_data=work / "prepared")
-        figures["quantize_seconds"] = round(time.monotonic() - t0, 1)
-    eval_dir = work / "eval"
-    eval_dir.mkdir()
-    (eval_dir / "gate.json").write_text(json.dumps({"passed": True, "checks": [], "note": "written by tests/serving"}))
-    (eval_dir / "eval_results.json").write_text(json.dumps({"metrics": {}}))
-    with serving_env.active():
-        rel = publish(cfg, merged=work / "merged", adapter=work / "adapter", gguf=work / "gguf", eval_dir=eval_dir,
-                      lineage={"data_hash": "tests-serving"}, run_id="serving-tests", version="v1")
-    return Trained(uri=rel.uri, release=rel.release, cfg=cfg, prepared=work / "prepared", adapter=work / "adapter",
-                   merged=work / "merged", figures=figures)
+    result = demo_run.result
+    assert result.release is not None, "the demo run published no release (its gate failed?)"
+    figures = {"train_seconds": round(result.step_seconds.get("train", 0.0), 1),
+               "quantize_seconds": round(result.step_seconds.get("quantize", 0.0), 1)}
+    return Trained(uri=result.release["uri"], release=result.release, cfg=demo_run.cfg,
+                   prepared=demo_run.step_dir("prepare"), adapter=demo_run.step_dir("train"),
+                   merged=demo_run.step_dir("merge"), figures=figures)
 
 
 # ---- the servers -------------------------------------------------------------------------------

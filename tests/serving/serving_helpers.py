@@ -25,12 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = "contracts-tiny"
 LORA_NAME = "contracts-tiny-lora"
 MAX_MODEL_LEN = 1024  # the demo model's max_position_embeddings: room for long test generations
-# The session's one fine-tune: the demo config's LoRA (r 16, all-linear), short, with a high learning rate.
-# Enough for the answers to take the trained JSON shape ({"parties":[{"name":...), not to be right.
-TRAIN = {"method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_steps": 60,
-         "per_device_batch_size": 8, "gradient_accumulation_steps": 1, "lr": 0.006, "max_grad_norm": 1.0,
-         "optim": "adamw_torch", "gradient_checkpointing": False, "warmup_ratio": 0.03, "eval_steps": 1000,
-         "save_steps": 1000, "logging_steps": 10}
 # Values a user gives serve-local (and the chart) to serve the base model with the release's adapter.
 LORA_VALUES = {"model": {"source": "base"}, "lora": {"adapters": [{"name": LORA_NAME, "path": "adapter"}],
                                                       "maxLoraRank": 16}}
@@ -126,18 +120,6 @@ class Trained:
     adapter: Path
     merged: Path
     figures: dict
-
-
-def config_dict(demo, root: str) -> dict:
-    return {
-        "model": {"name": MODEL, "base": str(demo.model_dir), "dtype": "float32"},
-        "data": {"sources": [{"uri": str(demo.chat), "name": "contracts"}]},
-        "storage": {"root": root},
-        "prepare": {"max_seq_len": 384, "max_records": 400, "test_ratio": 0.02, "seed": 3},
-        "train": json.loads(json.dumps(TRAIN)),
-        "merge": {"dtype": "float32"},
-        "serve": {"served_model_name": MODEL, "max_model_len": MAX_MODEL_LEN},
-    }
 
 
 def conversation(prepared: Path, index: int = 0) -> list[dict]:
