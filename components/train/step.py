@@ -8,7 +8,6 @@ the exit codes.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -163,7 +162,19 @@ def run(cfg: KubetuneConfig, dataset_dir: Path, output_dir: Path, *, checkpoint_
         lineage: dict | None = None, work_dir: Path | None = None, progress: bool = True,
         callbacks: list | None = None) -> TrainResult:
     """Train on the prepared dataset in dataset_dir; write the adapter (or weights), tokenizer, metrics,
-    log and loss curve to output_dir. Raises `checkpoints.Preempted` after a SIGTERM checkpoint."""
+    log and loss curve to output_dir. Raises `checkpoints.Preempted` after a SIGTERM checkpoint.
+    work_dir: the trainer's local scratch (its checkpoints); by default a temporary directory, removed
+    afterwards whether training succeeded or not (S3 checkpoints are what a retry resumes from)."""
+    if work_dir is not None:
+        return _run(cfg, dataset_dir, output_dir, checkpoint_uri=checkpoint_uri, run_id=run_id, lineage=lineage,
+                    work_dir=Path(work_dir), progress=progress, callbacks=callbacks)
+    with tempfile.TemporaryDirectory(prefix="kubetune-train-") as scratch:
+        return _run(cfg, dataset_dir, output_dir, checkpoint_uri=checkpoint_uri, run_id=run_id, lineage=lineage,
+                    work_dir=Path(scratch), progress=progress, callbacks=callbacks)
+
+
+def _run(cfg: KubetuneConfig, dataset_dir: Path, output_dir: Path, *, checkpoint_uri: str | None, run_id: str,
+         lineage: dict | None, work_dir: Path, progress: bool, callbacks: list | None) -> TrainResult:
     t0 = time.monotonic()
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     t = cfg.train
@@ -172,8 +183,6 @@ def run(cfg: KubetuneConfig, dataset_dir: Path, output_dir: Path, *, checkpoint_
     runtime, checked = preflight(cfg, dataset_dir)
     resume = checkpoints.find_resume(checkpoint_uri, lineage["config_hash"])
 
-    own_work = work_dir is None
-    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kubetune-train-"))
     upload = checkpoints.UploadCheckpoints(checkpoint_uri, lineage)
     stop = checkpoints.StopOnSignal()
     throughput = report.Throughput()
@@ -217,8 +226,6 @@ def run(cfg: KubetuneConfig, dataset_dir: Path, output_dir: Path, *, checkpoint_
     log.info("trained %d steps: eval loss %s -> %s, %.0f tokens/s", state.global_step,
              _fmt(metrics["initial_eval_loss"]), _fmt(metrics["final_eval_loss"]),
              metrics["tokens_per_second"] or 0)
-    if own_work:
-        shutil.rmtree(work_dir, ignore_errors=True)
     return TrainResult(output_dir=output_dir, metrics=metrics, mode=td.mode, global_step=state.global_step,
                        resumed_from_step=resume.step if resume else None,
                        checkpoints=[upload.last_uploaded[1]] if upload.last_uploaded else [])

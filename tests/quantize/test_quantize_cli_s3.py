@@ -40,6 +40,12 @@ def test_cli_quantizes_from_and_to_s3(demo, s3_env, tmp_path, capsys):
     # The unquantized working file was not published (F16 is not in quantize.types).
     assert not any(p.name.endswith("F16.gguf") for p in local.iterdir())
 
+    # The same command again (a retry) finds its output published for the same inputs: nothing to do.
+    capsys.readouterr()
+    assert main(["quantize", "--config", str(cfg), "--model", model_uri, "--output", out_uri,
+                 "--dataset", str(demo.chat)]) == 0
+    assert storage.read_manifest(out_uri).created_at == manifest.created_at
+    # Another config to the same output is refused (outputs are immutable unless --overwrite).
     rc = main(["quantize", "--config", str(cfg), "--model", model_uri, "--output", out_uri,
-               "--dataset", str(demo.chat)])
+               "--dataset", str(demo.chat), "--set", "quantize.max_ppl_delta_pct=30"])
     assert rc == 2 and "already holds a published output" in capsys.readouterr().err

@@ -65,7 +65,9 @@ def trained(demo_run) -> Trained:
     assert result.release is not None, "the demo run published no release (its gate failed?)"
     figures = {"train_seconds": round(result.step_seconds.get("train", 0.0), 1),
                "quantize_seconds": round(result.step_seconds.get("quantize", 0.0), 1)}
-    return Trained(uri=result.release["uri"], release=result.release, cfg=demo_run.cfg,
+    cfg = demo_run.cfg.model_copy(deep=True)  # the run's config, with its base model read from disk here
+    cfg.model.base = str(demo_run.assets.model_dir)
+    return Trained(uri=result.release["uri"], release=result.release, cfg=cfg,
                    prepared=demo_run.step_dir("prepare"), adapter=demo_run.step_dir("train"),
                    merged=demo_run.step_dir("merge"), figures=figures)
 
