@@ -17,7 +17,7 @@ from components.common.errors import KubetuneError
 # (command name, module under pipelines.commands, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
     ("config", "config", "Print the config JSON schema or validate a config file."),
-    ("s3", "s3", "Run a local SeaweedFS S3 server for development and tests."),
+    ("s3", "s3", "A local SeaweedFS S3 server for development (serve); copy files to and from S3 (cp)."),
     ("demo-assets", "demo_assets", "Build the tiny demo base model, tokenizer and synthetic dataset."),
     ("prepare", "prepare", "Validate, dedup, filter and split a dataset."),
     ("eval", "eval", "Compare base and tuned on the test split, write the report and the gate verdict."),

@@ -85,6 +85,7 @@ def copy_reports(run_root: str, outcomes: dict, dest: Path) -> Path:
 def run_demo(*, work_dir: Path = Path(".kubetune"), config: Path = DEMO_CONFIG, run_id: str | None = None):
     from pipelines.demo.assets import ensure_demo_assets
     from pipelines.local import run_local
+    from pipelines.summary import read_eval_samples
 
     cfg: KubetuneConfig = load_config(config)
     print("[1/4] demo assets (tiny Llama base model, synthetic contract->JSON datasets)...", flush=True)
@@ -99,4 +100,6 @@ def run_demo(*, work_dir: Path = Path(".kubetune"), config: Path = DEMO_CONFIG, 
               "(prepare -> train -> eval -> gate -> merge -> quantize -> publish)...", flush=True)
         result = run_local(cfg, pipeline_root=work_dir / "kfp-local", run_id=run_id)
         reports = copy_reports(result.run_root, result.outcomes, work_dir / "reports" / result.run_id)
-    return result, reports
+        # read here: the summary is printed after the demo's own S3 server has stopped
+        samples = read_eval_samples(result)
+    return result, reports, samples

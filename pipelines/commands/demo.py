@@ -13,8 +13,8 @@ def run(args) -> int:
     from pipelines.local_demo import run_demo
     from pipelines.summary import print_summary
 
-    result, reports = run_demo(work_dir=args.work_dir, run_id=args.run_id)
-    print_summary(result)
+    result, reports, samples = run_demo(work_dir=args.work_dir, run_id=args.run_id)
+    print_summary(result, samples)
     print(f"reports and plots: {reports}/<step>/ (report.md, *.png)")
     print(f"the local S3 data is in {args.work_dir / 's3'}; `kubetune s3 serve --dir {args.work_dir / 's3'}` "
           "serves it again")
