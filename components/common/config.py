@@ -144,7 +144,8 @@ class TrainConfig(Section):
 # ----------------------------------------------------------------------------------------------
 # eval / merge / quantize / publish / serve
 # ----------------------------------------------------------------------------------------------
-Metric = Literal["perplexity", "rouge_l", "exact_match", "json_valid", "json_field_f1", "label_accuracy"]
+Metric = Literal["perplexity", "rouge_l", "exact_match", "json_valid", "json_field_f1", "label_accuracy",
+                 "fact_recall"]
 
 
 class GateConfig(Section):
@@ -156,8 +157,10 @@ class GateConfig(Section):
 
 
 class EvalConfig(Section):
-    metrics: list[Metric] = Field(default_factory=lambda: ["perplexity", "rouge_l", "exact_match",
-                                                           "json_valid", "json_field_f1"])
+    metrics: Literal["auto"] | list[Metric] = Field(
+        "auto", description="The metrics to compute, or auto: perplexity, rouge_l and exact_match, plus "
+                            "json_valid and json_field_f1 when most test references are JSON documents, else "
+                            "fact_recall; and whatever eval.gate checks.")
     max_new_tokens: int = Field(256, gt=0)
     batch_size: int = Field(8, gt=0)
     max_examples: int | None = Field(None, gt=0)
@@ -183,7 +186,11 @@ class QuantizeConfig(Section):
     eval_records: int = Field(32, gt=0, description="Test-split records scored for perplexity and top-1 "
                                                     "agreement (the first N, so every run uses the same).")
     eval_max_tokens: int = Field(512, ge=16, description="Tokens per scored record at most (cut beyond).")
-    generate_tokens: int = Field(64, gt=0, description="Greedy tokens generated per check prompt.")
+    generate_records: int = Field(3, gt=0, description="Test-split conversations (the first N) whose last "
+                                                       "answer every model generates greedily, scored with the "
+                                                       "task metrics against the reference.")
+    generate_tokens: int = Field(256, gt=0, description="Greedy tokens generated per prompt at most: room for "
+                                                        "a whole answer, which the task metrics score.")
     hf_reference: bool = Field(True, description="Also score the merged model itself with transformers on "
                                                  "the same tokens (needs the RAM to load it on CPU).")
     pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer name (e.g. llama-bpe) for "

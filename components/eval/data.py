@@ -4,8 +4,10 @@ The test split is the prepare step's `test.jsonl` (or `test.parquet`). A chat re
 example: the generation prompt is `messages[:-1]` rendered with the tokenizer's chat template and the
 generation prompt (the prepared `prompt` string when the tokenizer has no template), the reference
 is the last assistant message's content, and perplexity is scored on the prepared `completion`
-(the last turn's content and end-of-turn token) given the prepared `prompt`. Plain-text records have
-no prompt/answer split and are counted, not evaluated.
+(the last turn's content and end-of-turn token) given the prepared `prompt`. So of a multi-turn
+conversation only the last assistant turn is evaluated (the earlier ones are context); `count` says
+how many such conversations there are. Plain-text records have no prompt/answer split and are
+counted, not evaluated.
 
 Examples are produced by generators that read one line (or Parquet batch) at a time, so the file's
 size never matters; `ExampleSource` can be iterated any number of times (once per model).
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from components.common import prepared
 from components.common.errors import KubetuneError
+from components.common.task_metrics import extract_facts, json_reference
 
 
 class EvalDataError(KubetuneError):
@@ -35,6 +38,7 @@ class Example:
     ppl_prompt: str  # rendered prompt and completion for perplexity
     ppl_completion: str
     question: str  # the last user message, for the report
+    assistant_turns: int  # > 1: a multi-turn conversation, of which only the last turn is evaluated
 
 
 def find_test_split(dataset_dir: Path) -> Path:
@@ -60,6 +64,7 @@ def _example(index: int, where: str, row: dict, tokenizer) -> Example | None:
     if not isinstance(last, dict) or last.get("role") != "assistant":
         raise EvalDataError(f"{where}: the conversation must end with an assistant message (the reference)")
     users = [m.get("content", "") for m in messages[:-1] if isinstance(m, dict) and m.get("role") == "user"]
+    assistant_turns = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
     if tokenizer.chat_template:
         gen_prompt = _render(tokenizer, messages[:-1], True)
     elif row.get("prompt"):
@@ -74,7 +79,19 @@ def _example(index: int, where: str, row: dict, tokenizer) -> Example | None:
         ppl_completion = full[len(gen_prompt):].rstrip() if full.startswith(gen_prompt) else last["content"]
     return Example(index=index, id=row.get("id"), source=row.get("source"), gen_prompt=gen_prompt,
                    reference=str(last.get("content", "")), ppl_prompt=ppl_prompt,
-                   ppl_completion=ppl_completion, question=users[-1] if users else "")
+                   ppl_completion=ppl_completion, question=users[-1] if users else "",
+                   assistant_turns=assistant_turns)
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """What the test split holds, counted before any model is loaded."""
+
+    examples: int  # evaluated (at most eval.max_examples)
+    text_records: int  # plain-text records, skipped
+    json_references: int  # examples whose reference is a JSON document (object or array)
+    fact_references: int  # examples whose reference holds a fact (what fact_recall scores)
+    multi_turn: int  # examples with more than one assistant turn (only the last one is evaluated)
 
 
 @dataclass
@@ -95,19 +112,25 @@ class ExampleSource:
                 n += 1
                 yield ex
 
-    def count(self) -> tuple[int, int]:
-        """(examples that will be evaluated, plain-text records skipped); raises on an empty split."""
-        n = text = 0
+    def count(self) -> SplitCounts:
+        """The examples that will be evaluated, by kind, and the plain-text records skipped; raises on
+        an empty split."""
+        n = text = json_refs = fact_refs = multi_turn = 0
         for where, row in _rows(self.path):
-            if _example(0, where, row, self.tokenizer) is None:
+            ex = _example(0, where, row, self.tokenizer)
+            if ex is None:
                 text += 1
             elif self.max_examples is None or n < self.max_examples:
                 n += 1
+                json_refs += json_reference(ex.reference) is not None
+                fact_refs += bool(extract_facts(ex.reference))
+                multi_turn += ex.assistant_turns > 1
         if n == 0:
             what = f" ({text} plain-text record(s), which have no prompt/answer to evaluate)" if text else ""
             raise EvalDataError(f"{self.path}: the test split is empty{what}; eval needs held-out "
                                 "conversations (set prepare.test_ratio > 0 and check the prepare report)")
-        return n, text
+        return SplitCounts(examples=n, text_records=text, json_references=json_refs,
+                           fact_references=fact_refs, multi_turn=multi_turn)
 
 
 # ---- the general set ------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ Checks (each only when its threshold is set; the primary check always runs):
 * `min_json_valid_rate`: the tuned model's valid-JSON rate is at least `gate.min_json_valid_rate`.
 
 A threshold on a metric that eval does not compute is a `GateError` naming the metric and what is
-computed: `required_metrics` checks the config before any model is loaded, and `evaluate` checks the
-results again (a metric can also come out empty, e.g. field F1 when no reference is JSON).
+computed: `required_metrics` checks the config before any model is loaded, `fits_data` checks that
+the test split gives the gate's metrics something to score (a JSON metric needs JSON references,
+fact_recall references with facts), also before any model is loaded, and `evaluate` checks the
+results again (a metric can still come out empty).
 """
 
 from __future__ import annotations
@@ -23,26 +25,56 @@ from pathlib import Path
 
 from components.common.config import KubetuneConfig
 from components.common.errors import KubetuneError
-from components.eval.metrics import LOWER_IS_BETTER
+from components.eval.metrics import JSON_METRICS, LOWER_IS_BETTER
 
 
 class GateError(KubetuneError):
     """A gate threshold refers to a metric that is not computed."""
 
 
+def gate_metrics(cfg: KubetuneConfig) -> list[str]:
+    """The metrics the gate's thresholds read (general_perplexity aside)."""
+    g = cfg.eval.gate
+    return [g.primary_metric] + (["json_valid"] if g.min_json_valid_rate is not None else [])
+
+
 def required_metrics(cfg: KubetuneConfig) -> None:
-    """Fail fast (before any model is loaded) when a threshold names a metric eval will not compute."""
-    g, chosen = cfg.eval.gate, list(cfg.eval.metrics)
-    if g.primary_metric not in chosen:
-        raise GateError(f"eval.gate.primary_metric is {g.primary_metric!r}, which is not computed: eval.metrics "
-                        f"is [{', '.join(chosen)}]; add it to eval.metrics or choose one of those")
-    if g.min_json_valid_rate is not None and "json_valid" not in chosen:
-        raise GateError(f"eval.gate.min_json_valid_rate needs the metric 'json_valid', which is not computed: "
-                        f"eval.metrics is [{', '.join(chosen)}]; add json_valid or unset the threshold")
+    """Fail fast (before any model is loaded) when a threshold names a metric eval will not compute.
+
+    With `eval.metrics: auto` the gate's metrics are always computed, so only the general set is checked.
+    """
+    g, configured = cfg.eval.gate, cfg.eval.metrics
+    if configured != "auto":
+        chosen = list(configured)
+        if g.primary_metric not in chosen:
+            raise GateError(f"eval.gate.primary_metric is {g.primary_metric!r}, which is not computed: "
+                            f"eval.metrics is [{', '.join(chosen)}]; add it to eval.metrics or choose one of those")
+        if g.min_json_valid_rate is not None and "json_valid" not in chosen:
+            raise GateError(f"eval.gate.min_json_valid_rate needs the metric 'json_valid', which is not computed: "
+                            f"eval.metrics is [{', '.join(chosen)}]; add json_valid or unset the threshold")
     if g.max_general_ppl_regression_pct is not None and not cfg.data.general_eval:
         raise GateError("eval.gate.max_general_ppl_regression_pct needs the metric 'general_perplexity', which "
                         "is not computed: data.general_eval is not set; name a {prompt, reference} JSONL there "
                         "or unset the threshold")
+
+
+def fits_data(cfg: KubetuneConfig, examples: int, json_references: int, fact_references: int) -> None:
+    """Fail before any model is loaded when a gate metric has nothing to score in the test split: a JSON
+    metric and no reference is a JSON document, or fact_recall and no reference has a fact."""
+    g = cfg.eval.gate
+    if g.primary_metric in JSON_METRICS and json_references == 0:
+        raise GateError(f"eval.gate.primary_metric is {g.primary_metric!r}, a JSON metric, but none of the "
+                        f"{examples} test references parses as a JSON object or array, so it has nothing to "
+                        "score; for a chat or free-text task set eval.gate.primary_metric to rouge_l or "
+                        "fact_recall")
+    if g.min_json_valid_rate is not None and json_references == 0:
+        raise GateError(f"eval.gate.min_json_valid_rate is set, but none of the {examples} test references "
+                        "parses as a JSON object or array, so json_valid has nothing to score; unset it for a "
+                        "chat or free-text task")
+    if g.primary_metric == "fact_recall" and fact_references == 0:
+        raise GateError(f"eval.gate.primary_metric is 'fact_recall', but none of the {examples} test references "
+                        "holds a fact (a number, a date, a code or a proper name), so it has nothing to score; "
+                        "choose another eval.gate.primary_metric, e.g. rouge_l")
 
 
 def _value(results: dict, metric: str, side: str, threshold_name: str) -> float:

@@ -1,7 +1,9 @@
 """The eval report: `eval_chart.png` (base vs tuned bars), `report.md` and a self-contained `report.html`.
 
-Both documents show the gate verdict with the reason for every check, the metric table (base, tuned,
-delta), the general-set regression, the lm-eval status and a side-by-side table of sample generations
+Both documents show the gate verdict with the reason for every check, warnings about metrics that do
+not fit the data, the metric table (base, tuned, delta, and n: the examples each metric was computed
+on), how many examples were multi-turn (only their last assistant turn is evaluated), the general-set
+regression, the lm-eval status and a side-by-side table of sample generations
 (prompt, reference, base output, tuned output). The HTML inlines the chart as a data URI so it can be
 opened anywhere (the KFP UI's sandboxed viewer cannot follow relative links).
 """
@@ -55,6 +57,11 @@ def _md_cell(text: str) -> str:
     return html.escape(_short(text), quote=False).replace("|", "&#124;").replace("\n", "<br>") or " "
 
 
+def multi_turn_line(results: dict) -> str:
+    return (f"Only the last assistant turn of each conversation is evaluated: {results['multi_turn_examples']} of "
+            f"{results['num_examples']} test examples are multi-turn (their earlier turns are context only).")
+
+
 def markdown(results: dict, gate: dict, samples: list[dict]) -> str:
     verdict = "PASSED" if gate["passed"] else "FAILED"
     s = results["settings"]
@@ -64,16 +71,21 @@ def markdown(results: dict, gate: dict, samples: list[dict]) -> str:
     for c in gate["checks"]:
         out.append(f"| {c['name']} | {c['metric']} | {_fmt(c['value'])} | {_fmt(c['threshold'])} | "
                    f"{'pass' if c['passed'] else 'FAIL'} | {_md_cell(c['reason'])} |")
-    out += ["", f"Base `{results['models']['base']}`, tuned `{results['models']['tuned']}`; "
+    out.append("")
+    for w in results["warnings"]:
+        out += [f"**Warning:** {w}", ""]
+    out += [f"Base `{results['models']['base']}`, tuned `{results['models']['tuned']}`; "
             f"{results['num_examples']} test examples from `{results['dataset']}`"
             + (f" ({results['skipped_text_records']} plain-text records skipped)"
                if results["skipped_text_records"] else "")
             + f"; greedy decoding, max_new_tokens {s['max_new_tokens']}, batch {s['batch_size']}, "
             f"{results['models']['dtype']} on {results['models']['device']}, {results['seconds']:.0f} s.", "",
-            "| metric | base | tuned | delta |", "|---|---|---|---|"]
+            multi_turn_line(results), "",
+            "| metric | base | tuned | delta | n |", "|---|---|---|---|---|"]
     for name, e in results["metrics"].items():
         arrow = " (lower is better)" if name in LOWER_IS_BETTER else ""
-        out.append(f"| {name}{arrow} | {_fmt(e.get('base'))} | {_fmt(e.get('tuned'))} | {_delta(e)} |")
+        out.append(f"| {name}{arrow} | {_fmt(e.get('base'))} | {_fmt(e.get('tuned'))} | {_delta(e)} | "
+                   f"{e.get('n', 'n/a')} |")
     gen = results["generation"]
     out += ["", f"Generations that hit max_new_tokens without stopping: base {gen['base']['truncated']}, "
             f"tuned {gen['tuned']['truncated']} of {results['num_examples']}.", "", f"![base vs tuned]({CHART})",
@@ -115,7 +127,9 @@ def page(results: dict, gate: dict, samples: list[dict], chart_path: Path) -> st
         f"<td>{e(c['reason'])}</td></tr>" for c in gate["checks"])
     metrics = "".join(
         f"<tr><td>{e(n)}{' (lower is better)' if n in LOWER_IS_BETTER else ''}</td><td>{_fmt(m.get('base'))}"
-        f"</td><td>{_fmt(m.get('tuned'))}</td><td>{_delta(m)}</td></tr>" for n, m in results["metrics"].items())
+        f"</td><td>{_fmt(m.get('tuned'))}</td><td>{_delta(m)}</td><td>{m.get('n', 'n/a')}</td></tr>"
+        for n, m in results["metrics"].items())
+    warnings = "".join(f"<p><b>Warning:</b> {e(w)}</p>" for w in results["warnings"])
     rows = "".join(
         f"<tr><td>{s['index']}</td><td><pre>{e(_short(s['question']))}</pre></td>"
         f"<td><pre>{e(_short(s['reference']))}</pre></td><td><pre>{e(_short(s['base']))}</pre></td>"
@@ -133,9 +147,10 @@ def page(results: dict, gate: dict, samples: list[dict], chart_path: Path) -> st
         f"<style>{style}</style></head><body><h1>Eval: base vs tuned ({e(results['models']['kind'])})</h1>"
         f"<p style='font-size:1.3em;color:{color}'><b>Gate: {verdict}</b></p>"
         "<table><tr><th>check</th><th>metric</th><th>value</th><th>threshold</th><th>result</th><th>reason</th>"
-        f"</tr>{checks}</table><p>{results['num_examples']} test examples; base <code>"
+        f"</tr>{checks}</table>{warnings}<p>{results['num_examples']} test examples; base <code>"
         f"{e(results['models']['base'])}</code>, tuned <code>{e(results['models']['tuned'])}</code></p>"
-        f"<table><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th></tr>{metrics}</table>"
+        f"<p>{e(multi_turn_line(results))}</p>"
+        f"<table><tr><th>metric</th><th>base</th><th>tuned</th><th>delta</th><th>n</th></tr>{metrics}</table>"
         + (f"<img alt='base vs tuned' src='data:image/png;base64,{img}'>" if img else "")
         + general_html + f"<h2>lm-evaluation-harness</h2><p>{e(_lm_eval_text(results['lm_eval']))}</p>"
         f"<h2>Sample generations</h2><table><tr><th>#</th><th>prompt</th><th>reference</th><th>base</th>"

@@ -39,11 +39,18 @@ def outcome_of(report: dict) -> StepOutcome:
         if e["published"]:
             gguf[e["type"]] = {"file": e["file"], "size_bytes": e["size_bytes"],
                                "ppl_delta_pct": e["ppl_delta_pct"],
-                               "modelfile": e.get("modelfile", {}).get("file")}
+                               "modelfile": e.get("modelfile", {}).get("file"), "task_metrics": e["task_metrics"]}
     if report["reference"]["hf"]:
         metrics["hf_perplexity"] = report["reference"]["hf"]["perplexity"]
+    # Task metrics as KFP Metrics: merged_json_valid, q8_0_json_valid, q8_0_json_valid_delta_points, ...
+    for key, scores in report["task_metrics"].items():
+        for name, score in scores.items():
+            if score["value"] is not None:
+                metrics[f"{key.lower()}_{name}"] = score["value"]
+            if score.get("delta_points") is not None:
+                metrics[f"{key.lower()}_{name}_delta_points"] = score["delta_points"]
     return StepOutcome(metrics=metrics, report="report.md", flags={"passed": report["passed"]},
-                       lineage={"gguf": gguf})
+                       lineage={"gguf": gguf, "task_metrics": report["task_metrics"]})
 
 
 def quantize(config: str, run_id: str, job_id: str, model: Input[Artifact], dataset: Input[Artifact],

@@ -2,6 +2,7 @@
 
     check inputs (types, safetensors, disk space)  ->  convert_hf_to_gguf.py to f16/bf16/f32
         ->  llama_model_quantize to each type  ->  verify every file with llama.cpp
+        ->  task metrics of every file's (and the merged model's) answers
         ->  Modelfiles  ->  quantize_report.json / report.md  ->  gate on perplexity
 
 `run` works on local directories only; fetching and publishing (S3, manifests) is the caller's job.
@@ -52,8 +53,13 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
     needed = quant_types.ensure_disk_space(model_dir, output_dir, q.outtype, types)
     tokenizer = load_tokenizer(cfg, model_dir, error=ModelInputError)
     context = hf_config.get("max_position_embeddings") or q.eval_max_tokens
+    if context - q.generate_tokens < 16:
+        raise ModelInputError(f"quantize.generate_tokens is {q.generate_tokens}, which leaves no room for a prompt "
+                              f"in the model's context of {context} tokens (max_position_embeddings); expected "
+                              f"at most {context - 16}")
     eval_set = verify.build_eval_set(tokenizer, Path(eval_data), max_records=q.eval_records,
-                                     max_tokens=min(q.eval_max_tokens, context - q.generate_tokens))
+                                     max_tokens=min(q.eval_max_tokens, context - q.generate_tokens),
+                                     n_prompts=q.generate_records)
 
     work = output_dir / ".work"
     name = cfg.model.name
@@ -133,11 +139,16 @@ def _verify_all(cfg, model_dir, hf_config, tokenizer, eval_set, paths, quantize_
         e["ppl_delta_pct"] = round(verify.ppl_delta_pct(s.perplexity, ref.perplexity), 4)
         e["top1_agreement"] = round(s.agreement(ref), 5)
         e["greedy_same_as_reference"] = _same(texts[e["type"]], texts[base_type])
-        e["json_valid"] = _json_rate([g.text for g in texts[e["type"]]])
+        e["answers"] = [g.answer for g in texts[e["type"]]]  # what the task metrics scored
+        e["generations_stopped"] = [g.stopped for g in texts[e["type"]]]
         if hf is not None:
             e["ppl_delta_vs_hf_pct"] = round(verify.ppl_delta_pct(s.perplexity, hf["scores"].perplexity), 4)
             e["top1_agreement_hf"] = round(s.agreement(hf["scores"]), 5)
             e["greedy_same_as_hf"] = _same(texts[e["type"]], hf["texts"])
+    task_names = verify.task_metric_names(eval_set.references)
+    task, baseline = _task_metrics(eval_set.references, task_names, texts, hf, base_type)
+    for e in entries:
+        e["task_metrics"] = task.get(e["type"])
     return {
         "model": {"dir": str(model_dir), "name": cfg.model.name,
                   "architectures": hf_config.get("architectures"), "gguf_architecture": arch,
@@ -145,13 +156,40 @@ def _verify_all(cfg, model_dir, hf_config, tokenizer, eval_set, paths, quantize_
         "eval": {"source": eval_set.source, "records": len(eval_set.token_ids),
                  "scored_tokens": eval_set.scored_tokens, "max_tokens_per_record": q.eval_max_tokens,
                  "n_ctx": n_ctx, "generate_tokens": n_gen,
-                 "prompts": eval_set.prompts, "perplexity": "exp(mean NLL over every predicted token)"},
+                 "prompts": eval_set.prompts, "references": eval_set.references,
+                 "task_metrics": {"names": list(task_names), "baseline": baseline,
+                                  "records": len(eval_set.references)},
+                 "perplexity": "exp(mean NLL over every predicted token)"},
         "reference": {"type": base_type, "hf": None if hf is None else {
             "perplexity": round(hf["scores"].perplexity, 4), "seconds": round(hf["scores"].seconds, 2),
-            "generations": [g.text for g in hf["texts"]], "dtype": hf["dtype"]}},
+            "generations": [g.text for g in hf["texts"]], "answers": [g.answer for g in hf["texts"]],
+            "generations_stopped": [g.stopped for g in hf["texts"]], "dtype": hf["dtype"]}},
+        "task_metrics": task,
         "thresholds": {"max_ppl_delta_pct": q.max_ppl_delta_pct},
         "files": entries,
     }
+
+
+def _task_metrics(references, names, texts, hf, base_type) -> tuple[dict, str | None]:
+    """({"merged": scores, TYPE: scores, ...}, the baseline's key): every model's answers scored against
+    the references, and each file's `delta_points` (100 x the difference) against the merged model, or
+    against the unquantized GGUF without hf_reference. Empty when no test record is a conversation."""
+    if not references:
+        return {}, None
+    task = {}
+    if hf is not None:
+        task["merged"] = verify.task_scores(hf["texts"], references, names)
+    for t, generations in texts.items():
+        task[t] = verify.task_scores(generations, references, names)
+    baseline = "merged" if hf is not None else base_type
+    for key, scores in task.items():
+        if key == baseline:
+            continue
+        for m, score in scores.items():
+            ref = task[baseline][m]["value"]
+            score["delta_points"] = None if score["value"] is None or ref is None else round(
+                100 * (score["value"] - ref), 2)
+    return task, baseline
 
 
 def _hf_reference(cfg, model_dir, tokenizer, eval_set, n_gen) -> dict:
@@ -189,17 +227,6 @@ def _same(a: list[verify.Generation], b: list[verify.Generation]) -> list[bool]:
     return [x.ids == y.ids for x, y in zip(a, b, strict=True)]
 
 
-def _json_rate(texts: list[str]) -> float:
-    ok = 0
-    for text in texts:
-        try:
-            json.loads(text)
-            ok += 1
-        except ValueError:
-            pass
-    return round(ok / len(texts), 4) if texts else 0.0
-
-
 def problems(report: dict) -> tuple[list[str], list[str]]:
     """(verification problems, quality-gate problems) found in a report."""
     wrong, gate = [], []
@@ -233,10 +260,36 @@ def markdown(report: dict) -> str:
         lines.append(f"| {e['type']} | {e['size_mib']} | {e['ratio_to_f16']} | {e['bits_per_weight']} | "
                      f"{e['perplexity']} | {e['ppl_delta_pct']:+.3f} | {e['top1_agreement']:.4f} | "
                      f"{e.get('top1_agreement_hf', '-')} | {e['chat_template_parity']['ok']} |")
+    lines += [""] + task_metrics_markdown(report)
     conv = report.get("converter", {})
     lines += ["", f"Conversion: {conv.get('seconds')} s with {conv.get('script')} (pre-tokenizer "
               f"{conv.get('pre_tokenizer')!r} via {conv.get('pre_tokenizer_source')}).", ""]
     return "\n".join(lines)
+
+
+def task_metrics_markdown(report: dict) -> list[str]:
+    """The task-metrics table: one row per model, each metric with its change in points against the baseline."""
+    about, task = report["eval"]["task_metrics"], report["task_metrics"]
+    if not task:
+        return ["Task metrics: not computed (no test record is a conversation ending in an assistant turn)."]
+    names = about["names"]
+    lines = [f"Task metrics of greedy answers (at most {report['eval']['generate_tokens']} tokens) to the first "
+             f"{about['records']} test conversations, against their last assistant turn; Δ in points against "
+             f"`{about['baseline']}`:", "",
+             "| model | " + " | ".join(f"{m} | Δ pts" for m in names) + " | cut at the cap |",
+             "|---|" + "---|---|" * len(names) + "---|"]
+    stopped = {e["type"]: e["generations_stopped"] for e in report["files"]}
+    if report["reference"]["hf"]:
+        stopped["merged"] = report["reference"]["hf"]["generations_stopped"]
+    for key, scores in task.items():
+        cells = []
+        for m in names:
+            s = scores[m]
+            value = "n/a" if s["value"] is None else f"{s['value']:.3f} (n={s['n']})"
+            delta = s.get("delta_points")
+            cells += [value, "-" if delta is None else f"{delta:+.1f}"]
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {stopped[key].count(False)} |")
+    return lines
 
 
 def _version(dist: str) -> str | None:

@@ -1,11 +1,15 @@
 """Checks of each GGUF file: metadata, tokenizer and chat-template parity, perplexity, top-1 agreement
-and greedy generation, measured with llama.cpp's own kernels (llama_cpp.Llama, logits_all=True).
+and greedy generation, measured with llama.cpp's own kernels (llama_cpp.Llama, logits_all=True), and
+the task metrics of those generations against the test split's answers.
 
 Every model (each GGUF and the HF merged model through transformers) is scored on the very same
 token ids: the evaluation texts tokenized once by the HF tokenizer. Perplexity counts every
 predicted token of each record (the first token has no context), records cut to `max_tokens`.
 Top-1 agreement is the share of those positions where a file's most likely next token equals the
-reference's (the unquantized GGUF, and the HF model).
+reference's (the unquantized GGUF, and the HF model). The task metrics (components.common.task_metrics)
+score each model's greedy answers to the first conversations of the test split against their last
+assistant turn: json_valid and json_field_f1 when most of those answers are JSON documents, else
+rouge_l and fact_recall.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from components.common import prepared
+from components.common.task_metrics import (
+    FREE_TEXT_METRICS,
+    JSON_METRICS,
+    MetricTotals,
+    is_json_task,
+    json_reference,
+    score_pair,
+)
 from components.quantize.errors import QuantizeError
 
 # Tokenizer stress text (whitespace runs, digits, contractions, punctuation, non-Latin scripts).
@@ -40,6 +52,7 @@ class EvalSet:
     texts: list[str]  # plain texts (message contents, prompts) for tokenizer parity
     conversation: list[dict]  # rendered for chat-template parity
     prompts: list[list[dict]]  # conversations ending in a user turn, for greedy generation
+    references: list[str]  # each prompt's expected answer; empty when the prompts are the default one
 
     @property
     def scored_tokens(self) -> int:
@@ -64,12 +77,19 @@ def build_eval_set(tokenizer, path: Path, *, max_records: int, max_tokens: int,
                    n_prompts: int = 3) -> EvalSet:
     """The first `max_records` usable records of `path`, tokenized as training saw them: a rendered
     prompt + completion as is (it already holds the template's special tokens), `messages` through
-    the chat template, plain `text` with the tokenizer's special tokens."""
-    ids, texts, conversations = [], [], []
+    the chat template, plain `text` with the tokenizer's special tokens. And the first `n_prompts`
+    conversations that end in an assistant turn (read on past `max_records` when those hold fewer):
+    what every model answers greedily, that turn being the reference answer."""
+    ids, texts, answered = [], [], []
     for rec in eval_records(path):
-        if len(ids) >= max_records:
+        scoring, prompting = len(ids) < max_records, len(answered) < n_prompts
+        if not (scoring or prompting):
             break
         messages = rec.get("messages") or None
+        if prompting and messages and messages[-1].get("role") == "assistant":
+            answered.append(messages)
+        if not scoring:
+            continue
         if isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
             seq = tokenizer(rec["prompt"] + rec["completion"], add_special_tokens=False)["input_ids"]
             texts.append(rec["completion"])
@@ -82,18 +102,17 @@ def build_eval_set(tokenizer, path: Path, *, max_records: int, max_tokens: int,
         else:
             continue
         if messages:
-            conversations.append(messages)
             texts.extend(_content(m) for m in messages)
         if len(seq) >= 2:
             ids.append(list(seq[:max_tokens]))
     if not ids:
         raise QuantizeError(f"{path}: no record with prompt/completion, messages or text to measure "
                             "perplexity on")
-    conversation = next((c for c in conversations if c[-1].get("role") == "assistant"), DEFAULT_CONVERSATION)
-    prompts = [c[:-1] for c in conversations if c[-1].get("role") == "assistant"][:n_prompts] \
-        or [DEFAULT_CONVERSATION[:-1]]
+    conversation = answered[0] if answered else DEFAULT_CONVERSATION
+    prompts = [c[:-1] for c in answered] or [DEFAULT_CONVERSATION[:-1]]
+    references = [_content(c[-1]) for c in answered]
     return EvalSet(source=str(path), token_ids=ids, texts=[STRESS_TEXT, *texts[:200]],
-                   conversation=conversation, prompts=prompts)
+                   conversation=conversation, prompts=prompts, references=references)
 
 
 # ---- scoring --------------------------------------------------------------------------------------
@@ -208,6 +227,8 @@ def tokenizer_parity(llm, tokenizer, texts: list[str]) -> dict:
 class Generation:
     ids: list[int]  # the new tokens, up to (not including) the end of turn
     text: str  # decoded with special tokens shown
+    answer: str  # decoded without special tokens, stripped: what the task metrics score (as eval does)
+    stopped: bool  # ended at an end-of-turn token (False: cut at max_new_tokens)
 
 
 def generate_llama(llm, info, prompts: list[list[dict]], max_new_tokens: int) -> list[Generation]:
@@ -219,11 +240,17 @@ def generate_llama(llm, info, prompts: list[list[dict]], max_new_tokens: int) ->
     for messages in prompts:
         ids = llm.tokenize(render_gguf_template(info, messages, True).encode(), add_bos=False, special=True)
         new: list[int] = []
+        stopped = False
         for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok) or len(new) >= max_new_tokens:
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
+                stopped = True
+                break
+            if len(new) >= max_new_tokens:
                 break
             new.append(tok)
-        out.append(Generation(new, llm.detokenize(new, special=True).decode("utf-8", errors="replace")))
+        text = llm.detokenize(new, special=True).decode("utf-8", errors="replace")
+        answer = llm.detokenize(new, special=False).decode("utf-8", errors="replace").strip()
+        out.append(Generation(new, text, answer, stopped))
     return out
 
 
@@ -239,10 +266,30 @@ def generate_hf(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int
                                  do_sample=False, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id)
             new = gen[0, len(ids):].tolist()
-            if tokenizer.eos_token_id in new:
+            stopped = tokenizer.eos_token_id in new
+            if stopped:
                 new = new[: new.index(tokenizer.eos_token_id)]
-            out.append(Generation(new, tokenizer.decode(new, skip_special_tokens=False)))
+            out.append(Generation(new, tokenizer.decode(new, skip_special_tokens=False),
+                                  tokenizer.decode(new, skip_special_tokens=True).strip(), stopped))
     return out
+
+
+# ---- task metrics -----------------------------------------------------------------------------------
+def task_metric_names(references: list[str]) -> tuple[str, ...]:
+    """json_valid and json_field_f1 when most references are JSON documents, else rouge_l and fact_recall."""
+    json_references = sum(json_reference(r) is not None for r in references)
+    return JSON_METRICS if is_json_task(json_references, len(references)) else FREE_TEXT_METRICS
+
+
+def task_scores(generations: list[Generation], references: list[str], metrics: tuple[str, ...]) -> dict:
+    """{metric: {"value", "n"}} of one model's answers: each metric's mean over the answers it applies to
+    (n; e.g. json_valid only where the reference is JSON), None when it applies to none."""
+    totals = MetricTotals()
+    for g, reference in zip(generations, references, strict=True):
+        totals.add(score_pair(g.answer, reference, metrics))
+    means = totals.means()
+    return {m: {"value": round(means[m], 4) if m in means else None, "n": totals.counts.get(m, 0)}
+            for m in metrics}
 
 
 # ---- metadata ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 
 from eval_helpers import read_jsonl
 
+from components.common.task_metrics import json_reference
 from components.eval import gate
 from components.eval.step import flat_metrics, run
 
@@ -46,12 +47,20 @@ def test_tuned_beats_base_and_gate_passes(demo, prepared, finetuned, make_config
     assert flat["tuned_json_valid"] == m["json_valid"]["tuned"] and flat["gate_passed"] == 1.0
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 16 and samples[0]["reference"].startswith('{"parties"')
+    # eval.metrics: auto on a JSON task; json_valid counts only the examples whose reference is JSON
+    assert r["settings"]["metrics_config"] == "auto" and r["warnings"] == []
+    assert r["settings"]["metrics"] == ["perplexity", "rouge_l", "exact_match", "json_valid", "json_field_f1"]
+    json_refs = sum(json_reference(s["reference"]) is not None for s in samples)
+    assert r["json_references"] == json_refs == m["json_valid"]["n"] == m["json_field_f1"]["n"]
+    assert m["exact_match"]["n"] == m["rouge_l"]["n"] == m["perplexity"]["n"] == 16
+    assert m["general_perplexity"]["n"] == 50
     assert {"prompt", "question", "reference", "base", "tuned", "base_scores", "tuned_scores"} <= set(samples[0])
     assert not any("<|im_end|>" in s["tuned"] for s in samples)
     assert (out / "eval_chart.png").read_bytes()[:8] == PNG
     md = (out / "report.md").read_text()
     assert "**Gate: PASSED**" in md and "![base vs tuned](eval_chart.png)" in md
     assert "| json_field_f1 |" in md and "General-capability regression" in md and "Skipped tasks hellaswag" in md
+    assert f"{r['multi_turn_examples']} of 16 test examples are multi-turn" in md
     table = md.split("## Sample generations")[1]
     assert table.count("\n| ") == 1 + 10  # header + ten samples (prompt, reference, base, tuned)
     page = (out / "report.html").read_text()

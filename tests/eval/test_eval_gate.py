@@ -83,3 +83,33 @@ def test_threshold_on_metric_not_computed_is_a_clear_error():
     empty["metrics"]["json_field_f1"] = {"base": None, "tuned": None, "delta": None}
     with pytest.raises(GateError, match="came out empty"):
         gate.evaluate(cfg, empty)
+
+
+def test_auto_metrics_need_no_list_check_but_the_data_must_fit():
+    cfg = make_cfg(gate={"primary_metric": "json_field_f1", "min_json_valid_rate": 0.5})
+    assert cfg.eval.metrics == "auto"
+    gate.required_metrics(cfg)  # auto always computes what the gate reads
+    assert gate.gate_metrics(cfg) == ["json_field_f1", "json_valid"]
+    gate.fits_data(cfg, examples=16, json_references=1, fact_references=0)
+    # a chat test split (no JSON reference) under the JSON default: fail, naming the setting and the way out
+    with pytest.raises(GateError, match=r"eval.gate.primary_metric is 'json_field_f1', a JSON metric, but none of "
+                                        r"the 16 test references parses as a JSON object or array.*set "
+                                        r"eval.gate.primary_metric to rouge_l or fact_recall"):
+        gate.fits_data(cfg, examples=16, json_references=0, fact_references=16)
+    cfg = make_cfg(gate={"primary_metric": "rouge_l", "min_json_valid_rate": 0.5})
+    with pytest.raises(GateError, match=r"eval.gate.min_json_valid_rate is set, but none of the 4 test references"):
+        gate.fits_data(cfg, examples=4, json_references=0, fact_references=4)
+    cfg = make_cfg(gate={"primary_metric": "fact_recall"})
+    gate.fits_data(cfg, examples=4, json_references=0, fact_references=1)
+    with pytest.raises(GateError, match=r"'fact_recall', but none of the 4 test references holds a fact"):
+        gate.fits_data(cfg, examples=4, json_references=4, fact_references=0)
+
+
+def test_eval_metrics_config_is_auto_or_a_list_of_known_metrics():
+    from components.common.config import ConfigError
+
+    assert make_cfg(metrics=["rouge_l", "fact_recall"]).eval.metrics == ["rouge_l", "fact_recall"]
+    with pytest.raises(ConfigError, match=r"eval.metrics: expected 'auto' or .*got \"all\""):
+        make_cfg(metrics="all")
+    with pytest.raises(ConfigError, match=r"eval.metrics.0: expected 'perplexity', .* or 'fact_recall'"):
+        make_cfg(metrics=["bleu"])

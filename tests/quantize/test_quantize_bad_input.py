@@ -44,6 +44,12 @@ def test_missing_model_dir(tmp_path, demo, no_conversion):
         step.run(make_config(), tmp_path / "nope", tmp_path / "out", eval_data=demo.chat)
 
 
+def test_generate_tokens_beyond_the_context(demo, tmp_path, no_conversion):
+    with pytest.raises(ModelInputError, match=r"quantize.generate_tokens is 1020, which leaves no room for a prompt "
+                                              r"in the model's context of 1024 tokens .*expected at most 1008"):
+        step.run(make_config(generate_tokens=1020), demo.model_dir, tmp_path / "out", eval_data=demo.chat)
+
+
 @pytest.mark.parametrize("bad", ["Q4_K_X", "q9_0", "fp8"])
 def test_unknown_quant_type_lists_the_valid_ones(bad, demo, tmp_path, no_conversion):
     with pytest.raises(UnknownQuantType) as e:
