@@ -24,9 +24,11 @@ def environ(values: dict[str, str]):
 
 
 # The demo config with a shorter eval (the demo itself runs the full config). Training keeps the
-# demo's 300 steps: after 160 the valid-JSON rate passed the gate (>= 0.5) on one CPU and was 0.0 on
-# another (AMD EPYC; floating point differs), so a shorter run made the tests depend on the machine.
-DEMO_RUN_SHORTER = {"train.eval_steps": 150, "eval.max_examples": 24, "quantize.eval_records": 8}
+# demo's steps: the test checks that the demo's own recipe learns the task (field F1), and a shorter
+# run once made the tests depend on the machine (the same steps passed on one CPU and failed on
+# another whose floating point differs).
+DEMO_RUN_SHORTER = {"train.eval_steps": 150, "eval.max_examples": 24, "quantize.eval_records": 8,
+                    "quantize.generate_records": 8}
 
 
 @dataclass

@@ -38,7 +38,7 @@ DATASET_FILES = {
     "prompt_completion": "contracts/prompt_completion.jsonl", "text": "contracts/text.jsonl",
     "general": "general/prompt_completion.jsonl", "general_heldout": "general/heldout.jsonl",
 }
-_SOURCES = ("words.py", "general.py", "dataset.py", "corpus.py", "tokenizer.py", "tiny_model.py")
+_SOURCES = ("words.py", "general.py", "dataset.py", "corpus.py", "tokenizer.py", "tiny_model.py", "copy_task.py")
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,22 @@ MODEL_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=3, 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    steps: int = 300
+    steps: int = 900
     batch_size: int = 8
     seq_len: int = 256
     lr: float = 2e-3
     warmup_steps: int = 30
     weight_decay: float = 0.1
     seed: int = 0
-    n_docs: int = 16000
+    n_docs: int = 48000  # about 11,600 sequences of 256 tokens: 900 steps of 8 see each once
+    # The copy curriculum (pipelines.demo.copy_task): a batch of repeated random spans next to each
+    # prose batch. It starts on the copy_pool_start most frequent tokens, and each step whose smoothed
+    # copy loss is below copy_widen_below moves it 1/copy_widen_steps of the way to the whole
+    # vocabulary (and to longer spans and fillers).
+    copy_batch_size: int = 64
+    copy_pool_start: int = 300
+    copy_widen_below: float = 2.0
+    copy_widen_steps: int = 300
 
 
 def make_config(tokenizer):
@@ -99,6 +107,7 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
     import torch
     from tqdm.auto import tqdm
 
+    from pipelines.demo.copy_task import copy_accuracy, copy_batch, copy_token_pool, unspaced_variants
     from pipelines.demo.corpus import pretraining_documents
 
     started = time.monotonic()
@@ -127,34 +136,58 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         heldout_before = _eval_loss(model, heldout_t)
+        copy_before = copy_accuracy(model, tokenizer)
+        copy_rng = random.Random(f"copy-{settings.seed}")
+        pool = copy_token_pool(tokenizer)
+        quoted = (tokenizer.convert_tokens_to_ids('"'), unspaced_variants(tokenizer))
+        level, copy_loss_smoothed = 0.0, float("inf")
         model.train()
         losses: list[float] = []
+        copy_losses: list[float] = []
         bar = tqdm(range(settings.steps), desc="pre-training tiny model", disable=not progress, unit="step")
         for step in bar:
             start = (step * settings.batch_size) % max(1, len(data) - settings.batch_size)
             batch = data[start:start + settings.batch_size]
             loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
+            total = loss
+            if settings.copy_batch_size:
+                ids, labels = copy_batch(copy_rng, pool, level, settings.copy_batch_size,
+                                         tokenizer.bos_token_id, settings.copy_pool_start, quoted)
+                copy_loss = model(input_ids=torch.tensor(ids), labels=torch.tensor(labels)).loss
+                total = loss + copy_loss
+                copy_losses.append(copy_loss.item())
+                copy_loss_smoothed = copy_losses[-1] if step == 0 else (
+                    0.9 * copy_loss_smoothed + 0.1 * copy_losses[-1])
+                if copy_loss_smoothed < settings.copy_widen_below:
+                    level = min(1.0, level + 1 / settings.copy_widen_steps)
+            total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.set_postfix(loss=f"{losses[-1]:.3f}",
+                                **({"copy": f"{copy_losses[-1]:.3f}", "level": f"{level:.2f}"} if copy_losses else {}))
         model.eval()
         heldout_after = _eval_loss(model, heldout_t)
+        copy_after = copy_accuracy(model, tokenizer)
     finally:
         torch.set_num_threads(previous_threads)
     tail = losses[-20:]
-    log.info("pre-trained %d steps on %d thread(s) in %.0fs: held-out loss %.3f -> %.3f", settings.steps,
-             threads, time.monotonic() - started, heldout_before, heldout_after)
+    log.info("pre-trained %d steps on %d thread(s) in %.0fs: held-out loss %.3f -> %.3f, copy accuracy "
+             "%.3f -> %.3f", settings.steps, threads, time.monotonic() - started, heldout_before, heldout_after,
+             copy_before, copy_after)
+    copy_tail = copy_losses[-20:]
     return {
         "steps": settings.steps, "tokens": settings.steps * settings.batch_size * settings.seq_len,
         "seconds": round(time.monotonic() - started, 1), "threads": threads,
         "first_loss": round(losses[0], 4) if losses else None,
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "heldout_loss_before": round(heldout_before, 4), "heldout_loss_after": round(heldout_after, 4),
+        "copy_accuracy_before": copy_before, "copy_accuracy_after": copy_after,
+        "copy_final_loss": round(sum(copy_tail) / len(copy_tail), 4) if copy_tail else None,
+        "copy_level_final": round(level, 4) if settings.copy_batch_size else None,
         "settings": asdict(settings),
     }
 

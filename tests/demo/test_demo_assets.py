@@ -270,6 +270,93 @@ def test_pretraining_lowers_the_loss(tokenizer):
     assert result["final_loss"] < result["first_loss"]
 
 
+def test_copy_batches_label_exactly_the_repeated_span(tokenizer):
+    import random
+
+    from pipelines.demo.copy_task import IGNORE, copy_batch, copy_token_pool
+
+    pool = copy_token_pool(tokenizer)
+    assert not set(pool) & set(tokenizer.all_special_ids) and len(pool) > 3000
+    for level in (0.0, 0.5, 1.0):
+        ids, labels = copy_batch(random.Random(3), pool, level, 4, tokenizer.bos_token_id, pool_start=300)
+        allowed = set(pool[:300 + round(level * (len(pool) - 300))])
+        for seq, lab in zip(ids, labels, strict=True):
+            assert len(seq) == len(lab) and seq[0] == tokenizer.bos_token_id
+            scored = [k for k, label in enumerate(lab) if label != IGNORE]
+            span = len(scored) + 1  # the repeat's first token is not scored
+            assert seq[1:1 + span] == seq[-span:], "the sequence must end with its first span again"
+            assert scored == list(range(len(seq) - span + 1, len(seq)))
+            assert [lab[k] for k in scored] == seq[-span + 1:]
+            assert set(seq[1:]) <= allowed
+
+
+def test_quoted_copies_start_with_the_unspaced_word(tokenizer):
+    import random
+
+    from pipelines.demo.copy_task import IGNORE, copy_batch, copy_token_pool, unspaced_variants
+
+    pool, variants = copy_token_pool(tokenizer), unspaced_variants(tokenizer)
+    quote = tokenizer.convert_tokens_to_ids('"')
+    assert tokenizer.convert_ids_to_tokens(variants[tokenizer.convert_tokens_to_ids("ĠJade")]) == "Jade"
+    spaced = [i for i in pool if i in variants]
+    rng, quoted_seen = random.Random(5), 0
+    for level in [0.0, 0.03, 0.5, 1.0] * 5:  # 0.0 and 0.03: no filler or a filler of one token
+        ids, labels = copy_batch(rng, spaced, level, 4, tokenizer.bos_token_id, pool_start=len(spaced),
+                                 quoted=(quote, variants))
+        assert len({len(seq) for seq in ids}) == 1, "a batch must stay rectangular"
+        for seq, lab in zip(ids, labels, strict=True):
+            assert len(seq) == len(lab)
+            first = [k for k, label in enumerate(lab) if label != IGNORE][0]
+            if seq[first - 1] == quote:
+                quoted_seen += 1
+                assert seq[first] == variants[seq[1]] and lab[first] == seq[first]
+    assert quoted_seen > 10
+
+
+def test_copy_accuracy_is_zero_for_a_random_model_and_one_for_an_oracle(tokenizer):
+    import torch
+
+    from pipelines.demo.copy_task import copy_accuracy
+    from pipelines.demo.tiny_model import init_model
+
+    model = init_model(tokenizer, seed=0)
+    assert copy_accuracy(model, tokenizer, sequences=8) < 0.02
+
+    class Oracle(torch.nn.Module):
+        """Predicts, at each position, the token that followed the same token's earlier occurrence."""
+
+        def forward(self, input_ids):
+            logits = torch.zeros(*input_ids.shape, len(tokenizer))
+            for b, row in enumerate(input_ids.tolist()):
+                for k, token in enumerate(row):
+                    earlier = [j for j in range(k) if row[j] == token]
+                    if earlier and earlier[-1] + 1 < len(row):
+                        logits[b, k, row[earlier[-1] + 1]] = 1.0
+            return type("Out", (), {"logits": logits})()
+
+    assert copy_accuracy(Oracle(), tokenizer, sequences=8) > 0.95
+
+
+def test_pretraining_with_the_copy_curriculum_reports_its_figures(tokenizer):
+    from pipelines.demo.tiny_model import PretrainSettings, init_model, pretrain
+
+    model = init_model(tokenizer, seed=0)
+    result = pretrain(model, tokenizer, PretrainSettings(steps=6, batch_size=2, seq_len=64, n_docs=200,
+                                                         warmup_steps=2, copy_batch_size=4), progress=False)
+    assert 0.0 <= result["copy_accuracy_before"] <= 1.0 and 0.0 <= result["copy_accuracy_after"] <= 1.0
+    assert result["copy_final_loss"] is not None and result["copy_level_final"] == 0.0  # loss still high
+
+
+def test_model_build_is_byte_identical_for_a_seed(tmp_path):
+    from pipelines.demo.assets import build_model
+
+    first = build_model(tmp_path / "a", pretrain_steps=3, progress=False)
+    second = build_model(tmp_path / "b", pretrain_steps=3, progress=False)
+    assert first["pretrain"]["final_loss"] == second["pretrain"]["final_loss"]
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 # ---------------------------------------------------------------------------------------------
 # cache and CLI
 # ---------------------------------------------------------------------------------------------

@@ -54,6 +54,18 @@ def test_release_is_complete_and_verified(finished_run):
     assert set(result.step_seconds) == {"prepare", "train", "eval", "merge", "quantize", "publish"}
 
 
+def test_the_tuned_model_learned_the_task_not_only_its_format(finished_run):
+    """The demo's proof: field F1 far above what valid JSON with the right roles alone earns (about
+    0.31), from a base that cannot do the task. The bar is the demo config's own gate."""
+    cfg, result = finished_run
+    metrics = result.release["eval"]["metrics"]
+    f1 = metrics["json_field_f1"]
+    assert cfg.eval.gate.primary_metric == "json_field_f1"
+    assert f1["base"] <= 0.10, f1
+    assert f1["tuned"] - f1["base"] >= cfg.eval.gate.min_primary_improvement >= 0.45, f1
+    assert metrics["json_valid"]["tuned"] >= cfg.eval.gate.min_json_valid_rate >= 0.95, metrics["json_valid"]
+
+
 def test_release_gguf_loads_and_answers(finished_run):
     import llama_cpp
 

@@ -3,12 +3,14 @@
 Session fixtures (each built once, shared by every test of the session):
   serving_env     the AWS environment of the session's SeaweedFS S3 server, and a private $KUBETUNE_CACHE
   trained         the release of the session's one demo pipeline run (`demo_run`, tests/conftest.py): a
-                  real LoRA fine-tune of the pre-trained demo model, merged, quantized (Q4_K_M, Q8_0)
-                  and published (merged, adapter and gguf parts) to the local S3: a model that
-                  answers in the trained JSON format
+                  real full fine-tune of the pre-trained demo model, quantized (Q4_K_M, Q8_0) and
+                  published (merged, adapter and gguf parts) to the local S3: a model that answers in
+                  the trained JSON format
+  lora_trained    a second, shorter run of the demo pipeline with train.method lora, in the same S3:
+                  the demo trains all weights, so its release has no adapter to serve
   servers         two `kubetune serve-local` processes started together, each one vLLM's CPU build:
-                  "merged" serves the release as published (its values.yaml only), "lora" serves the
-                  release's base with its adapter (LORA_VALUES, through --lora-modules)
+                  "merged" serves the demo release as published (its values.yaml only), "lora" serves
+                  lora_trained's base with its adapter (LORA_VALUES, through --lora-modules)
   prometheus      a real Prometheus (Debian package) on 127.0.0.1 scraping both every second
   gguf_server     `kubetune serve-local --gguf`: llama.cpp's llama-server (--metrics) on the release's GGUF
   gguf_prometheus another real Prometheus, scraping only the GGUF server
@@ -57,7 +59,7 @@ def serving_env(s3_server, tmp_path_factory) -> ServingEnv:
 @pytest.fixture(scope="session")
 def trained(demo_run) -> Trained:
     """The release of the session's one demo pipeline run (tests/conftest.py `demo_run`: prepare -> a
-    real LoRA fine-tune on CPU -> eval -> merge -> quantize -> publish, through the KFP local runner),
+    real full fine-tune on CPU -> eval -> merge -> quantize -> publish, through the KFP local runner),
     and its step outputs, fetched: the model every serving test serves."""
     require_tools()  # fail in seconds, not after the pipeline
 
@@ -72,6 +74,36 @@ def trained(demo_run) -> Trained:
                    merged=demo_run.step_dir("merge"), figures=figures)
 
 
+# A LoRA variant of the demo run for the "lora" server. It exists to test serving an adapter, not
+# learning (the demo run's own tests check that), so its gate only asks for no regression.
+LORA_RUN = {"train.method": "lora", "train.lora.r": 16, "train.lora.alpha": 32, "train.lr": 0.002,
+            "train.max_steps": 200, "train.eval_steps": 200, "eval.max_examples": 8,
+            "eval.gate.min_primary_improvement": 0.0, "eval.gate.min_json_valid_rate": None,
+            "quantize.types": ["Q8_0"], "quantize.generate_records": 2}
+
+
+@pytest.fixture(scope="session")
+def lora_trained(demo_run, tmp_path_factory) -> Trained:
+    from demo_run import DEMO_RUN_SHORTER, environ
+
+    from components.common import storage
+    from components.common.config import load_config
+    from pipelines import local_demo
+    from pipelines.local import run_local
+
+    with environ(demo_run.env):
+        cfg = load_config(local_demo.DEMO_CONFIG, {**DEMO_RUN_SHORTER, **LORA_RUN,
+                                                   "storage.root": f"s3://{local_demo.DEMO_BUCKET}/tests-lora"})
+        result = run_local(cfg, pipeline_root=tmp_path_factory.mktemp("lora-run-kfp"), run_id="lora-1")
+        assert result.release is not None, "the LoRA run published no release"
+        merged, adapter = (storage.fetch_dir(storage.join_uri(result.run_root, step)) for step in ("merge", "train"))
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.base = str(demo_run.assets.model_dir)
+    return Trained(uri=result.release["uri"], release=result.release, cfg=cfg,
+                   prepared=demo_run.step_dir("prepare"), adapter=adapter, merged=merged,
+                   figures={"lora_train_seconds": round(result.step_seconds.get("train", 0.0), 1)})
+
+
 # ---- the servers -------------------------------------------------------------------------------
 def require_tools() -> None:
     venv = Path(os.environ.get("KUBETUNE_VLLM_VENV") or REPO / ".venv-vllm")
@@ -83,14 +115,14 @@ def require_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def servers(trained, serving_env, tmp_path_factory, request):
+def servers(trained, lora_trained, serving_env, tmp_path_factory, request):
     """Both vLLM CPU servers, started together through `kubetune serve-local` (one startup per session)."""
     require_tools()
     tmp = tmp_path_factory.mktemp("servers")
     started = time.monotonic()
     env = serving_env.environ()
     found = {"merged": start_serve_local("merged", trained.uri, tmp, env),
-             "lora": start_serve_local("lora", trained.uri, tmp, env, LORA_VALUES)}
+             "lora": start_serve_local("lora", lora_trained.uri, tmp, env, LORA_VALUES)}
     try:
         wait_healthy(list(found.values()), started)
         record_figures(request, {f"startup_seconds_{k}": s.startup_seconds for k, s in found.items()}

@@ -1,5 +1,6 @@
 """LoRA end to end: serve-local with the chart values `model.source: base` and `lora.adapters` serves
-the release's base model and its adapter through `--enable-lora --lora-modules` (vLLM CPU build).
+a LoRA release's base model and its adapter (the `lora_trained` fixture) through `--enable-lora
+--lora-modules` (vLLM CPU build).
 The Prometheus side of it is in test_serving_prometheus.py (job vllm-lora)."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def test_adapter_answers_in_the_trained_format_and_the_base_does_not(servers, tr
     assert tuned.startswith(TRAINED_PREFIX), tuned
     # the demo base is untrained (random weights): only the adapter makes the difference
     assert not base.startswith('{"parties"'), base
-    # the adapter on the base answers like the merged model of the same release
+    # the adapter on the base answers in the same format as the demo's merged model
     merged = servers["merged"].post("/v1/chat/completions", {"model": MODEL, "messages": messages,
                                                              "max_tokens": 48, "temperature": 0})
     assert merged["choices"][0]["message"]["content"][:len(TRAINED_PREFIX)] == tuned[:len(TRAINED_PREFIX)]
