@@ -63,7 +63,7 @@ def test_the_tuned_model_learned_the_task_not_only_its_format(finished_run):
     assert cfg.eval.gate.primary_metric == "json_field_f1"
     assert f1["base"] <= 0.10, f1
     assert f1["tuned"] - f1["base"] >= cfg.eval.gate.min_primary_improvement >= 0.45, f1
-    assert metrics["json_valid"]["tuned"] >= cfg.eval.gate.min_json_valid_rate >= 0.95, metrics["json_valid"]
+    assert metrics["json_valid"]["tuned"] >= cfg.eval.gate.min_json_valid_rate >= 0.90, metrics["json_valid"]
 
 
 def test_release_gguf_loads_and_answers(finished_run):
