@@ -80,23 +80,36 @@ def copy_batch(rng: random.Random, pool: list[int], level: float, batch_size: in
 
 
 def copy_accuracy(model, tokenizer, *, sequences: int = 32, span: int = 20, filler: int = 10,
-                  seed: int = 1234) -> float:
+                  seed: int = 1234, quoted: bool = False) -> float:
     """Share of the repeated span's tokens (after its first) that greedy next-token prediction gets
-    right, on random spans drawn from the whole vocabulary: the base model's copying, measured."""
+    right, on random spans drawn from the whole vocabulary: the base model's copying, measured.
+
+    quoted=True: every span starts with a spaced word that has an unspaced form, and the repeat is
+    `"` + that unspaced word + the rest; the unspaced word is scored too. That is the copy a name
+    needs on its way into JSON (``ĠJade`` in the excerpt, ``":"Jade`` in the answer)."""
     import torch
 
     rng = random.Random(seed)
     pool = copy_token_pool(tokenizer)
+    unspaced = unspaced_variants(tokenizer)
+    starts = sorted(set(pool) & set(unspaced))
+    quote_id = tokenizer.convert_tokens_to_ids('"')
     batch = []
     for _ in range(sequences):
         first = [rng.choice(pool) for _ in range(span)]
-        batch.append([tokenizer.bos_token_id, *first, *(rng.choice(pool) for _ in range(filler)), *first])
+        middle = [rng.choice(pool) for _ in range(filler)]
+        if quoted:
+            first[0] = rng.choice(starts)
+            batch.append([tokenizer.bos_token_id, *first, *middle, quote_id, unspaced[first[0]], *first[1:]])
+        else:
+            batch.append([tokenizer.bos_token_id, *first, *middle, *first])
     x = torch.tensor(batch)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         predicted = model(input_ids=x).logits[:, :-1].argmax(-1)
     model.train(was_training)
-    start = 1 + span + filler  # position of the repeat's first token; predictions from its second on
+    # Position of the repeat's first token (the quote, when quoted); predictions from the next one on.
+    start = 1 + span + filler
     hits = predicted[:, start:] == x[:, start + 1:]
     return round(hits.float().mean().item(), 4)

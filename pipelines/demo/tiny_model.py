@@ -144,6 +144,7 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
         model.train()
         losses: list[float] = []
         copy_losses: list[float] = []
+        level_trace: list[float] = []  # the curriculum's level every 100 steps: when copying formed
         bar = tqdm(range(settings.steps), desc="pre-training tiny model", disable=not progress, unit="step")
         for step in bar:
             start = (step * settings.batch_size) % max(1, len(data) - settings.batch_size)
@@ -153,7 +154,7 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
             if settings.copy_batch_size:
                 ids, labels = copy_batch(copy_rng, pool, level, settings.copy_batch_size,
                                          tokenizer.bos_token_id, settings.copy_pool_start, quoted)
-                copy_loss = model(input_ids=torch.tensor(ids), labels=torch.tensor(labels)).loss
+                copy_loss = labelled_positions_loss(model, torch.tensor(ids), torch.tensor(labels))
                 total = loss + copy_loss
                 copy_losses.append(copy_loss.item())
                 copy_loss_smoothed = copy_losses[-1] if step == 0 else (
@@ -166,12 +167,15 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            if settings.copy_batch_size and step % 100 == 99:
+                level_trace.append(round(level, 3))
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}",
                                 **({"copy": f"{copy_losses[-1]:.3f}", "level": f"{level:.2f}"} if copy_losses else {}))
         model.eval()
         heldout_after = _eval_loss(model, heldout_t)
         copy_after = copy_accuracy(model, tokenizer)
+        quoted_copy_after = copy_accuracy(model, tokenizer, quoted=True)
     finally:
         torch.set_num_threads(previous_threads)
     tail = losses[-20:]
@@ -186,10 +190,25 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "heldout_loss_before": round(heldout_before, 4), "heldout_loss_after": round(heldout_after, 4),
         "copy_accuracy_before": copy_before, "copy_accuracy_after": copy_after,
+        "quoted_copy_accuracy_after": quoted_copy_after,
         "copy_final_loss": round(sum(copy_tail) / len(copy_tail), 4) if copy_tail else None,
         "copy_level_final": round(level, 4) if settings.copy_batch_size else None,
+        "copy_level_every_100_steps": level_trace,
         "settings": asdict(settings),
     }
+
+
+def labelled_positions_loss(model, ids, labels):
+    """The causal LM loss of `model(input_ids=ids, labels=labels).loss`, with the output layer applied
+    only where a label is scored. A copy sequence scores only its repeat (about 40% of it), and the
+    output layer (256 x 4,096) is a third of this model's compute: skipping it elsewhere makes a
+    copy batch about 25% cheaper (measured), with the same loss."""
+    import torch.nn.functional as F
+
+    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    scored = targets != -100
+    return F.cross_entropy(model.lm_head(hidden[scored]).float(), targets[scored])
 
 
 def _eval_loss(model, data) -> float:

@@ -337,6 +337,57 @@ def test_copy_accuracy_is_zero_for_a_random_model_and_one_for_an_oracle(tokenize
     assert copy_accuracy(Oracle(), tokenizer, sequences=8) > 0.95
 
 
+def test_quoted_copy_accuracy_scores_the_unspaced_first_word(tokenizer):
+    """A copier that repeats tokens literally misses the quoted probe's first word (the repeat is
+    `"` + the unspaced variant + the rest); one that also maps `ĠJade` to `Jade` gets all of it."""
+    import torch
+
+    from pipelines.demo.copy_task import copy_accuracy, unspaced_variants
+
+    unspaced = unspaced_variants(tokenizer)
+    spaced_of = {u: s for s, u in unspaced.items()}
+    quote = tokenizer.convert_tokens_to_ids('"')
+
+    class Copier(torch.nn.Module):
+        def __init__(self, maps_variants: bool):
+            super().__init__()
+            self.maps_variants = maps_variants
+
+        def forward(self, input_ids):
+            logits = torch.zeros(*input_ids.shape, len(tokenizer))
+            for b, row in enumerate(input_ids.tolist()):
+                for k, token in enumerate(row):
+                    if self.maps_variants and token == quote:
+                        logits[b, k, unspaced[row[1]]] = 1.0  # the span starts right after bos
+                        continue
+                    after_quote = self.maps_variants and k > 0 and row[k - 1] == quote
+                    source = spaced_of.get(token, token) if after_quote else token
+                    earlier = [j for j in range(k) if row[j] == source]
+                    if earlier and earlier[-1] + 1 < len(row):
+                        logits[b, k, row[earlier[-1] + 1]] = 1.0
+            return type("Out", (), {"logits": logits})()
+
+    literal = copy_accuracy(Copier(False), tokenizer, sequences=8, quoted=True)
+    mapping = copy_accuracy(Copier(True), tokenizer, sequences=8, quoted=True)
+    assert literal < 0.95 < mapping, (literal, mapping)
+    assert copy_accuracy(Copier(False), tokenizer, sequences=8) > 0.95  # the unquoted probe: all copied
+
+
+def test_the_copy_loss_on_labelled_positions_equals_the_full_loss(tokenizer):
+    import random
+
+    import torch
+
+    from pipelines.demo.copy_task import copy_batch, copy_token_pool
+    from pipelines.demo.tiny_model import init_model, labelled_positions_loss
+
+    model = init_model(tokenizer, seed=0)
+    ids, labels = copy_batch(random.Random(5), copy_token_pool(tokenizer), 0.5, 4, tokenizer.bos_token_id, 300)
+    ids, labels = torch.tensor(ids), torch.tensor(labels)
+    full = model(input_ids=ids, labels=labels).loss
+    assert torch.allclose(labelled_positions_loss(model, ids, labels), full, atol=1e-5), full
+
+
 def test_pretraining_with_the_copy_curriculum_reports_its_figures(tokenizer):
     from pipelines.demo.tiny_model import PretrainSettings, init_model, pretrain
 
@@ -345,6 +396,7 @@ def test_pretraining_with_the_copy_curriculum_reports_its_figures(tokenizer):
                                                          warmup_steps=2, copy_batch_size=4), progress=False)
     assert 0.0 <= result["copy_accuracy_before"] <= 1.0 and 0.0 <= result["copy_accuracy_after"] <= 1.0
     assert result["copy_final_loss"] is not None and result["copy_level_final"] == 0.0  # loss still high
+    assert 0.0 <= result["quoted_copy_accuracy_after"] <= 1.0 and result["copy_level_every_100_steps"] == []
 
 
 def test_model_build_is_byte_identical_for_a_seed(tmp_path):
