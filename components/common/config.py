@@ -11,9 +11,10 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.common.errors import KubetuneError
 from components.common.steps import StepName
@@ -259,6 +260,40 @@ class ClusterConfig(Section):
 
 
 # ----------------------------------------------------------------------------------------------
+# tracking (components/common/tracking.py)
+# ----------------------------------------------------------------------------------------------
+class TrackingConfig(Section):
+    mlflow_uri: str | None = Field(None, description="MLflow tracking server (http:// or https://). Unset: "
+                                                     "the env var MLFLOW_TRACKING_URI; neither: not tracked. "
+                                                     "Never credentials: they come from MLFLOW_TRACKING_USERNAME/"
+                                                     "PASSWORD or MLFLOW_TRACKING_TOKEN (tracking.secret_name).")
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: "
+                                                                   "kubetune-<model.name>.")
+    registry: bool = Field(True, description="publish registers each release in the MLflow Model Registry as "
+                                             "a version of the model <model.name>; promote moves its alias.")
+    required: bool = Field(False, description="Fail at the first step when the server cannot be reached. "
+                                              "Default: warn once, run untracked, and record that in the release.")
+    secret_name: str = Field("kubetune-mlflow", description="Kubernetes Secret whose MLFLOW_TRACKING_* keys "
+                                                            "(username, password or token) every step gets as env "
+                                                            "when tracking.mlflow_uri is set; optional.")
+    kfp_ui_url: str | None = Field(None, description="The KFP UI (e.g. https://kfp.example.com), for the "
+                                                     "run-URL tag of each MLflow run.")
+
+    @field_validator("mlflow_uri", "kfp_ui_url")
+    @classmethod
+    def _plain_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an http:// or https:// URL")
+        if parts.username or parts.password:  # a config is logged as params and compiled into pipelines
+            raise ValueError("a URL without credentials; give them as MLFLOW_TRACKING_USERNAME/PASSWORD or "
+                             "MLFLOW_TRACKING_TOKEN in the environment (tracking.secret_name in a cluster)")
+        return value.rstrip("/")
+
+
+# ----------------------------------------------------------------------------------------------
 class KubetuneConfig(Section):
     model: ModelConfig
     data: DataConfig
@@ -271,12 +306,16 @@ class KubetuneConfig(Section):
     publish: PublishConfig = PublishConfig()
     serve: ServeConfig = ServeConfig()
     cluster: ClusterConfig = ClusterConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _lora_targets_not_empty(self) -> KubetuneConfig:
         targets = self.train.lora.target_modules
         if isinstance(targets, list) and not targets:
             raise ValueError("train.lora.target_modules: expected 'all-linear' or a non-empty list")
+        if "mlflow" in self.train.report_to:  # transformers' MLflowCallback would open a second, unlinked run
+            raise ValueError("train.report_to: 'mlflow' is done by the tracking section (tracking.mlflow_uri), "
+                             "which logs the training curve into the pipeline run's MLflow run; remove it")
         return self
 
     def step_options(self, name: str, *, uses_gpu: bool) -> StepOptions:
@@ -285,8 +324,10 @@ class KubetuneConfig(Section):
         return self.cluster.steps.get(name) or StepOptions(use_gpu=uses_gpu)  # type: ignore[call-overload]
 
     def content_hash(self) -> str:
-        """Stable hash of the whole config, recorded in manifests for lineage and caching."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable hash of the config, recorded in manifests for lineage and caching. Where a run is
+        tracked does not change what it produces, so `tracking` is left out: turning tracking on keeps
+        the hash (and the hashes of configs written before the section existed)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"tracking"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
@@ -321,6 +362,9 @@ def _expected(err: dict[str, Any]) -> str:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, str) and "@" in value and urlsplit(value).password:  # never echo a URL's password
+        parts = urlsplit(value)
+        value = parts._replace(netloc=f"***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")).geturl()
     return json.dumps(value) if isinstance(value, str | int | float | bool | None) else type(value).__name__
 
 

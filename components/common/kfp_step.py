@@ -57,7 +57,7 @@ def kfp_main(spec: StepSpec, execute: Execute, *, config: str, run_id: str, job_
     try:
         resolved = resolve_inputs({name: a.path for name, a in inputs.items()}, artifact_files=True)
         published = run_and_publish(spec, cfg, resolved, execute, run_id=run_id, output_uri=output_uri,
-                                    on_output=fill_outputs)
+                                    on_output=fill_outputs, kfp_run_id=job_id)
     except KubetuneError as e:
         log.error("%s failed: %s", spec.name, e)  # one clear line in the pod log, then the traceback
         raise

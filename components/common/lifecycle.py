@@ -17,7 +17,11 @@ whichever door the run came in by:
      reuse that run's output (off per step with `cluster.steps.<step>.caching: false`);
    - the step runs into a staging directory, which is removed afterwards, on success and on failure;
    - the outputs are published with the manifest written last, its lineage built here, the same way
-     for every door: so the CLI and KFP produce the same manifest, lineage and cache key.
+     for every door: so the CLI and KFP produce the same manifest, lineage and cache key;
+   - tracking (components/common/tracking.py): the step opens the pipeline run's MLflow run first
+     (`tracking.required` fails here, before any work), logs its metrics, tags and reports into it
+     (the step itself gets `ctx.tracker`, e.g. for the training curve), and records in its lineage
+     whether it was tracked (`tracking.<step>`).
 
 Nothing here imports a step: the dependency direction stays pipelines -> components -> common.
 """
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from components.common import storage
+from components.common import storage, tracking
 from components.common.config import KubetuneConfig
 from components.common.errors import KubetuneError
 from components.common.steps import StepSpec
@@ -71,6 +75,7 @@ class StepContext:
     lineage: dict = field(default_factory=dict)
     progress: bool = True  # progress bars on long work
     work_dir: Path | None = None  # local scratch the step may keep between retries (train's checkpoints)
+    tracker: tracking.Tracker | None = None  # the run's MLflow run (does nothing when tracking is off)
 
 
 Execute = Callable[[KubetuneConfig, dict[str, Path], Path, StepContext], StepOutcome]
@@ -188,14 +193,37 @@ OnOutput = Callable[[Published, Path], None]
 def run_and_publish(spec: StepSpec, cfg: KubetuneConfig, inputs: dict[str, StepInput], execute: Execute, *,
                     run_id: str, output_uri: str, overwrite: bool = False, use_cache: bool | None = None,
                     progress: bool = True, work_dir: Path | None = None,
-                    on_output: OnOutput | None = None) -> Published:
+                    on_output: OnOutput | None = None, kfp_run_id: str | None = None) -> Published:
     """Run the step (or reuse an earlier output) and publish it at output_uri, manifest last.
 
     use_cache: read and record the explicit cache (default: the step's `cluster.steps.<step>.caching`);
     the CLI passes False, since a user who names an output expects the files there, not a pointer.
     on_output(published, local_dir) is called with a local directory holding the output's files while
     they still exist (the staging directory, or the verified cached copy of a reused output): the front
-    doors read their reports from it. The staging directory is removed when this returns or raises."""
+    doors read their reports from it. The staging directory is removed when this returns or raises.
+    kfp_run_id: the KFP run's id (the KFP door), a tag of the MLflow run."""
+    tracker = tracking.Tracker(cfg, spec.name, run_id=run_id, kfp_run_id=kfp_run_id).start()
+
+    def on_output_tracked(published: Published, local: Path) -> None:
+        if published.reused:  # a fresh run logged its outcome before publishing (below)
+            tracker.log_outcome(published.outcome, local, published.manifest.lineage)
+        if on_output is not None:
+            on_output(published, local)
+
+    try:
+        published = _run_and_publish(spec, cfg, inputs, execute, run_id=run_id, output_uri=output_uri,
+                                     overwrite=overwrite, use_cache=use_cache, progress=progress,
+                                     work_dir=work_dir, on_output=on_output_tracked, tracker=tracker)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return published
+
+
+def _run_and_publish(spec: StepSpec, cfg: KubetuneConfig, inputs: dict[str, StepInput], execute: Execute, *,
+                     run_id: str, output_uri: str, overwrite: bool, use_cache: bool | None, progress: bool,
+                     work_dir: Path | None, on_output: OnOutput, tracker: tracking.Tracker) -> Published:
     output_uri = output_uri.rstrip("/")
     key = cache_key(spec, cfg, inputs)
     existing = storage.read_manifest(output_uri)
@@ -220,7 +248,7 @@ def run_and_publish(spec: StepSpec, cfg: KubetuneConfig, inputs: dict[str, StepI
 
     ctx = StepContext(run_id=run_id, output_uri=output_uri, input_uris={n: i.uri for n, i in inputs.items()},
                       lineage=_upstream_lineage(inputs),
-                      progress=progress, work_dir=work_dir)
+                      progress=progress, work_dir=work_dir, tracker=tracker)
     lineage = {"config_hash": cfg.content_hash(), "cache_key": key,
                "step_inputs": {name: {"uri": i.uri, "content_hash": i.content_hash}
                                for name, i in sorted(inputs.items())},
@@ -232,13 +260,14 @@ def run_and_publish(spec: StepSpec, cfg: KubetuneConfig, inputs: dict[str, StepI
         outcome.seconds = round(time.monotonic() - started, 3)
         lineage.update(outcome.lineage)
         (staging / OUTCOME_FILE).write_text(json.dumps(asdict(outcome), indent=2))
+        tracker.log_outcome(outcome, staging, lineage)
+        lineage[f"tracking.{spec.name}"] = tracker.record()  # after logging: a failure there counts
         manifest = storage.publish_dir(staging, output_uri, producer=spec.name, lineage=lineage,
                                        overwrite=overwrite)
         if use_cache and spec.cached:
             _record_cache(cfg, spec.name, key, manifest)
         published = Published(manifest=manifest, outcome=outcome)
-        if on_output is not None:
-            on_output(published, staging)
+        on_output(published, staging)
         return published
     finally:
         shutil.rmtree(staging, ignore_errors=True)

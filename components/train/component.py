@@ -25,10 +25,12 @@ METRICS = ("final_train_loss", "best_train_loss", "initial_eval_loss", "final_ev
 
 def execute(cfg: KubetuneConfig, inputs: dict[str, Path], output_dir: Path, ctx: StepContext) -> StepOutcome:
     from components.train import step
+    from components.train.live_metrics import TrackingCallback
 
+    curve = [TrackingCallback(ctx.tracker)] if ctx.tracker is not None and ctx.tracker.active else []
     result = step.run(cfg, inputs["dataset"], output_dir, run_id=ctx.run_id,
                       checkpoint_uri=storage.join_uri(ctx.output_uri, "checkpoints"), work_dir=ctx.work_dir,
-                      progress=ctx.progress)
+                      progress=ctx.progress, callbacks=curve)
     metrics = {k: result.metrics[k] for k in METRICS if isinstance(result.metrics.get(k), int | float)}
     (output_dir / "report.md").write_text(markdown_report(cfg, result.metrics))
     return StepOutcome(metrics=metrics, report="report.md",

@@ -87,3 +87,27 @@ class PushgatewayCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.gauges["step"].set(state.global_step)
         self.push()
+
+
+class TrackingCallback(TrainerCallback):
+    """The training curve into the pipeline run's MLflow run (components/common/tracking.py), at every
+    Trainer log event: train.loss, train.eval_loss, train.learning_rate and train.tokens_per_second
+    (non-pad tokens per second since the previous event), at the optimizer step. The tracker never
+    raises: when the server goes away it warns once and training goes on."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.monotonic(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        metrics = {f"train.{key}": logs[key] for key in ("loss", "eval_loss", "learning_rate")
+                   if isinstance(logs.get(key), int | float)}
+        now, tokens = time.monotonic(), state.num_input_tokens_seen
+        if self._last is not None and now > self._last[0] and tokens > self._last[1]:
+            metrics["train.tokens_per_second"] = (tokens - self._last[1]) / (now - self._last[0])
+            self._last = (now, tokens)
+        self.tracker.log_metrics(metrics, step=state.global_step)

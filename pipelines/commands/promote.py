@@ -6,6 +6,8 @@ file's comments and formatting, and prints the diff. A release whose eval gate f
 unless --force, which is recorded as a comment in the file. "latest" is never written: a pin names one
 immutable version. --dry-run prints the diff and writes nothing; --git-commit commits the file alone
 with a message naming the release and its eval deltas. Argo CD or Flux then syncs the change.
+With an MLflow tracking URI (--mlflow-uri, or MLFLOW_TRACKING_URI), the release's registered model
+version also gets the environment's registry alias (the values file's folder: staging, production).
 """
 
 
@@ -19,6 +21,9 @@ def add_arguments(parser):
     parser.add_argument("--dry-run", action="store_true", help="print the diff only; write nothing")
     parser.add_argument("--git-commit", action="store_true",
                         help="commit the values file (alone) with a message naming the release and its eval deltas")
+    parser.add_argument("--mlflow-uri", metavar="URL",
+                        help="MLflow server whose registry alias of the environment to move to this release "
+                             "(default: $MLFLOW_TRACKING_URI; neither: no alias)")
 
 
 def run(args) -> int:
@@ -26,7 +31,10 @@ def run(args) -> int:
 
     from pipelines.promote import promote
 
-    p = promote(args.release, args.values, force=args.force, dry_run=args.dry_run, git_commit=args.git_commit)
+    p = promote(args.release, args.values, force=args.force, dry_run=args.dry_run, git_commit=args.git_commit,
+                mlflow_uri=args.mlflow_uri)
+    if p.alias:
+        print(f"MLflow: {p.release.get('model')} version {p.alias[1]} is now {p.alias[0]!r}")
     if p.forced:
         print(f"WARNING: {p.uri}: the eval gate failed; promoting because of --force (recorded in {p.values_path})",
               file=sys.stderr)
