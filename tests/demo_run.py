@@ -29,7 +29,7 @@ def environ(values: dict[str, str]):
 # another whose floating point differs).
 # Tracking off: the demo config tracks into the MLflow server `kubetune demo` starts, which tests don't
 # (demo_run turns it on again, into the session's server: DEMO_RUN_TRACKING).
-DEMO_RUN_SHORTER = {"train.eval_steps": 150, "eval.max_examples": 24, "quantize.eval_records": 8,
+DEMO_RUN_SHORTER = {"eval.max_examples": 24, "quantize.eval_records": 8,
                     "quantize.generate_records": 8, "tracking.mlflow_uri": None}
 # Tracking on (tests/tracking reads the run back from MLflow); tracking.mlflow_uri is the session's
 # mlflow_server. It changes nothing the run computes (not even the config hash).

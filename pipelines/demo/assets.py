@@ -85,10 +85,12 @@ def _model_params(seed: int, pretrain_steps: int) -> dict:
     import torch
     import transformers
 
-    from pipelines.demo.tiny_model import MODEL_SHAPE, PretrainSettings
+    from pipelines.demo.tiny_model import MODEL_SHAPE, PretrainSettings, training_threads
 
+    # The thread count is in the key: it changes the pre-trained weights (tiny_model.training_threads).
     return {"part": "model", "version": BUILDER_VERSION, "seed": seed, "source": _source_hash(),
             "shape": MODEL_SHAPE, "pretrain": asdict(PretrainSettings(steps=pretrain_steps, seed=seed)),
+            "threads": training_threads(),
             "libs": [torch.__version__, transformers.__version__, tokenizers.__version__]}
 
 
