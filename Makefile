@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(VENV)/tools
 export PATH := $(abspath $(VENV)/bin):$(abspath $(TOOLS)):$(PATH)
 
-.PHONY: install install-python install-system install-helm install-prometheus install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm install-mlflow install-chromium test demo lint bench clean
+.PHONY: install install-python install-system install-helm install-prometheus install-chromium install-debian-packages install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm install-mlflow test demo lint bench clean
 
 install:  ## Everything the demo and the tests need, in .venv (parts in parallel; each part's output whole)
 	@start=$$(date +%s); \
@@ -125,31 +125,23 @@ install-helm:  ## a real helm binary (see charts/vllm/README.md for where it com
 	echo "install-helm: helm $$("$(TOOLS)/helm" version --template '{{.Version}}')," \
 	  "kubectl $$("$(TOOLS)/kubectl" version --client -o yaml | sed -n 's/^ *gitVersion: //p') in $(TOOLS)"
 
-install-prometheus:  ## Prometheus, promtool and Pushgateway from Debian's packages
-	@# Installed, not started: the tests start prometheus/pushgateway by hand when they need them.
-	@# policy-rc.d (exit 101) stops the packages' postinst from starting services; it is only
-	@# added, then removed, when the machine does not already have one (Docker images do).
-	@set -euo pipefail; \
-	if command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null; then \
-	  echo "install-prometheus: $$(command -v promtool) already present"; exit 0; fi; \
-	if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
-	if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
-	  $$sudo chmod 0755 /usr/sbin/policy-rc.d; \
-	  trap '$$sudo rm -f /usr/sbin/policy-rc.d' EXIT; fi; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	$$sudo apt-get update -q; \
-	$$sudo apt-get install -y -q --no-install-recommends prometheus prometheus-pushgateway; \
-	command -v promtool >/dev/null \
-	  || { echo "install-prometheus: promtool not on PATH after installing prometheus" >&2; exit 1; }; \
-	echo "install-prometheus: $$(promtool --version 2>&1 | head -n1)"
+# Debian packages the tests use, installed in ONE apt-get run (two parallel runs would fight over
+# dpkg's lock, and one `apt-get update` is enough): Prometheus, promtool and the Pushgateway (installed,
+# not started: the tests start them by hand when they need them) and headless Chromium (tests/tracking
+# screenshots the demo run's MLflow page, to check that a user would see the metrics chart).
+# policy-rc.d (exit 101) stops the packages' postinst from starting services; it is only added, then
+# removed, when the machine does not already have one (Docker images do).
+DEBIAN_PACKAGES := prometheus prometheus-pushgateway chromium fonts-dejavu-core
+DEBIAN_COMMANDS := promtool prometheus-pushgateway chromium
 
-install-chromium: install-prometheus  ## headless Chromium (Debian package) for the MLflow run-page screenshot test
-	@# tests/tracking screenshots the demo run's MLflow page with `chromium --headless`, to check that a
-	@# user would see the metrics chart. After install-prometheus: two apt-get runs cannot share dpkg's lock
-	@# (make install runs install-system's parts in parallel). policy-rc.d as in install-prometheus.
+install-prometheus: install-debian-packages  ## Prometheus, promtool and Pushgateway from Debian's packages
+install-chromium: install-debian-packages  ## headless Chromium (Debian package) for the MLflow run-page screenshot test
+
+install-debian-packages:
 	@set -euo pipefail; \
-	if command -v chromium >/dev/null; then echo "install-chromium: $$(command -v chromium) already present"; exit 0; fi; \
+	missing=; for c in $(DEBIAN_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then echo "install-debian-packages: $(DEBIAN_COMMANDS) already present"; exit 0; fi; \
+	echo "install-debian-packages: missing:$$missing; installing $(DEBIAN_PACKAGES)"; \
 	if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
 	if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	  printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null; \
@@ -157,8 +149,10 @@ install-chromium: install-prometheus  ## headless Chromium (Debian package) for 
 	  trap '$$sudo rm -f /usr/sbin/policy-rc.d' EXIT; fi; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	$$sudo apt-get update -q; \
-	$$sudo apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; \
-	echo "install-chromium: $$(chromium --version 2>/dev/null | head -n1)"
+	$$sudo apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); \
+	for c in $(DEBIAN_COMMANDS); do command -v $$c >/dev/null \
+	  || { echo "install-debian-packages: $$c not on PATH after installing $(DEBIAN_PACKAGES)" >&2; exit 1; }; done; \
+	echo "install-debian-packages: $$(promtool --version 2>&1 | head -n1); $$(chromium --version 2>/dev/null | head -n1)"
 
 test: ## The whole test suite against real local services
 	$(PY) -m pytest -q --durations=25
