@@ -22,7 +22,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from components.common.errors import KubetuneError
-from pipelines.local_s3 import free_ports
+from pipelines.local_s3 import free_ports, log_tail, stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ class LocalMlflow:
                                 f"{last}); log {self.log_path}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def kill(self) -> None:
         """SIGKILL the server's whole process group at once: a server that dies, not one that stops."""
@@ -125,16 +122,7 @@ class LocalMlflow:
             return
         with suppress(Exception):
             atexit.unregister(self.stop)
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the group: uvicorn's worker is a child process
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        with suppress(ProcessLookupError, PermissionError):  # anything the leader left behind
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, timeout)  # the group: uvicorn's worker is a child process
 
     def __enter__(self) -> LocalMlflow:
         return self.start()

@@ -68,6 +68,31 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a local server's log file, for error messages."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a server started with start_new_session=True: SIGTERM to its whole process group (servers
+    fork helpers and workers), SIGKILL when it does not exit within `timeout`, then SIGKILL whatever
+    the leader left behind in the group."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _port_open(port: int) -> bool:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.settimeout(0.5)
@@ -216,10 +241,7 @@ class LocalS3:
                             f"(last error: {last}); log {self.log_path}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def wait(self) -> int:
         """Block until the server process exits (foreground use)."""
@@ -231,18 +253,7 @@ class LocalS3:
             return
         with suppress(Exception):
             atexit.unregister(self.stop)
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # the whole group: weed may fork helpers
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        else:  # the leader exited; make sure nothing it started lingers
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc, timeout)  # the whole group: weed may fork helpers
         # weed leaves some of its per-port unix sockets (/tmp/seaweedfs-<kind>-<port>.sock) behind
         stale = [s for p in self._ports for s in Path("/tmp").glob(f"seaweedfs-*-{p}.sock")]
         for sock in self._sockets + stale:
