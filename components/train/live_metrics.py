@@ -39,14 +39,34 @@ def pushgateway_url(configured: str | None) -> str | None:
     return configured or os.environ.get(ENV) or None
 
 
-class PushgatewayCallback(TrainerCallback):
+class LiveCurveCallback(TrainerCallback):
+    """What both live views of training (the Pushgateway, MLflow) read at every Trainer log event:
+    `curve_point` gives loss, eval_loss and learning_rate when the event has them, and the non-pad
+    tokens per second since the previous event."""
+
+    _last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.monotonic(), state.num_input_tokens_seen)
+
+    def curve_point(self, state, logs: dict | None) -> dict[str, float]:
+        logs = logs or {}
+        point = {key: logs[key] for key in ("loss", "eval_loss", "learning_rate")
+                 if isinstance(logs.get(key), int | float)}
+        now, tokens = time.monotonic(), state.num_input_tokens_seen
+        if self._last is not None and now > self._last[0] and tokens > self._last[1]:
+            point["tokens_per_second"] = (tokens - self._last[1]) / (now - self._last[0])
+            self._last = (now, tokens)
+        return point
+
+
+class PushgatewayCallback(LiveCurveCallback):
     def __init__(self, url: str, run_id: str, job: str = JOB, timeout: float = 5.0):
         from prometheus_client import CollectorRegistry, Gauge
 
         self.url, self.run_id, self.job, self.timeout = url, run_id, job, timeout
         self.registry = CollectorRegistry()
         self.gauges = {k: Gauge(f"{job}_{k}", doc, registry=self.registry) for k, doc in GAUGES.items()}
-        self._last: tuple[float, int] | None = None
         self._failing = False
         self.pushes = 0
 
@@ -68,18 +88,9 @@ class PushgatewayCallback(TrainerCallback):
         self.pushes += 1
         return True
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last = (time.monotonic(), state.num_input_tokens_seen)
-
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        for key in ("loss", "eval_loss", "learning_rate"):
-            if isinstance(logs.get(key), int | float):
-                self.gauges[key].set(logs[key])
-        now, tokens = time.monotonic(), state.num_input_tokens_seen
-        if self._last is not None and now > self._last[0] and tokens > self._last[1]:
-            self.gauges["tokens_per_second"].set((tokens - self._last[1]) / (now - self._last[0]))
-            self._last = (now, tokens)
+        for key, value in self.curve_point(state, logs).items():
+            self.gauges[key].set(value)
         self.gauges["step"].set(state.global_step)
         self.gauges["epoch"].set(state.epoch or 0.0)
         self.push()
@@ -89,7 +100,7 @@ class PushgatewayCallback(TrainerCallback):
         self.push()
 
 
-class TrackingCallback(TrainerCallback):
+class TrackingCallback(LiveCurveCallback):
     """The training curve into the pipeline run's MLflow run (components/common/tracking.py), at every
     Trainer log event: train.loss, train.eval_loss, train.learning_rate and train.tokens_per_second
     (non-pad tokens per second since the previous event), at the optimizer step. The tracker never
@@ -97,17 +108,7 @@ class TrackingCallback(TrainerCallback):
 
     def __init__(self, tracker):
         self.tracker = tracker
-        self._last: tuple[float, int] | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last = (time.monotonic(), state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        metrics = {f"train.{key}": logs[key] for key in ("loss", "eval_loss", "learning_rate")
-                   if isinstance(logs.get(key), int | float)}
-        now, tokens = time.monotonic(), state.num_input_tokens_seen
-        if self._last is not None and now > self._last[0] and tokens > self._last[1]:
-            metrics["train.tokens_per_second"] = (tokens - self._last[1]) / (now - self._last[0])
-            self._last = (now, tokens)
+        metrics = {f"train.{key}": value for key, value in self.curve_point(state, logs).items()}
         self.tracker.log_metrics(metrics, step=state.global_step)
