@@ -19,8 +19,11 @@ from quantize_helpers import PRETRAIN_STEPS, Quantized, make_config
 def demo(tmp_path_factory):
     from pipelines.demo import ensure_demo_assets
 
-    # KUBETUNE_TEST_DEMO_DIR: reuse a demo build across sessions (it is rebuilt only when stale).
-    root = os.environ.get("KUBETUNE_TEST_DEMO_DIR") or tmp_path_factory.mktemp("quantize-demo")
+    # KUBETUNE_TEST_DEMO_DIR: reuse a demo build across sessions (it is rebuilt only when stale). In a
+    # folder of its own: this build has other pre-training steps than demo_run's, and sharing the root
+    # would rebuild (overwrite) the model that demo_run's tests read after this.
+    shared = os.environ.get("KUBETUNE_TEST_DEMO_DIR")
+    root = Path(shared) / f"pretrain-{PRETRAIN_STEPS}" if shared else tmp_path_factory.mktemp("quantize-demo")
     return ensure_demo_assets(root, pretrain_steps=PRETRAIN_STEPS, progress=False)
 
 
