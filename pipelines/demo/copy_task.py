@@ -55,10 +55,12 @@ def copy_batch(rng: random.Random, pool: list[int], level: float, batch_size: in
     the quote takes the place of one filler token (or of the last token, without filler).
 
     `level` in [0, 1] is the curriculum's progress: the tokens come from the first
-    pool_start + level * (len(pool) - pool_start) of `pool`, and spans (10 to 20 + 40 * level tokens)
-    and fillers (up to 40 * level) grow with it."""
+    pool_start + level * (len(pool) - pool_start) of `pool`, and spans (10 to 20 + 10 * level tokens)
+    and fillers (up to 40 * level) grow with it. Spans stop at 30 tokens: the task copies names and
+    dates of a few tokens, and a longer span makes each step dearer (the copy batch is most of a
+    step's tokens at high levels) without teaching another skill."""
     tokens = pool[:pool_start + round(level * (len(pool) - pool_start))]
-    span_len = rng.randint(10, int(20 + 40 * level))
+    span_len = rng.randint(10, int(20 + 10 * level))
     filler_len = rng.randint(0, int(40 * level))
     ids, labels = [], []
     for _ in range(batch_size):

@@ -26,22 +26,28 @@ MODEL_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=3, 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    steps: int = 900
+    # The most steps. A run with the copy curriculum usually ends sooner: `tail_steps` after the
+    # curriculum reaches the whole vocabulary (level 1.0), see `pretrain`.
+    steps: int = 1500
     batch_size: int = 8
     seq_len: int = 256
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 30
+    # After the curriculum is complete (or `steps - tail_steps` in, whichever comes first), the learning
+    # rate decays (cosine, to a tenth) over this many steps and pre-training ends.
+    tail_steps: int = 200
     weight_decay: float = 0.1
     seed: int = 0
-    n_docs: int = 48000  # about 11,600 sequences of 256 tokens: 900 steps of 8 see each once
-    # The copy curriculum (pipelines.demo.copy_task): a batch of repeated random spans next to each
-    # prose batch. It starts on the copy_pool_start most frequent tokens, and each step whose smoothed
-    # copy loss is below copy_widen_below moves it 1/copy_widen_steps of the way to the whole
-    # vocabulary (and to longer spans and fillers).
+    n_docs: int = 48000  # about 11,600 sequences of 256 tokens: more than one run reads
+    # The copy curriculum (pipelines.demo.copy_task): a batch of repeated random spans at each step. It
+    # starts on the copy_pool_start most frequent tokens, and each step whose smoothed copy loss is below
+    # copy_widen_below moves it 1/copy_widen_steps of the way to the whole vocabulary (and to longer
+    # spans and fillers). The prose batch joins once the level reaches prose_from_level.
     copy_batch_size: int = 64
     copy_pool_start: int = 300
     copy_widen_below: float = 2.0
-    copy_widen_steps: int = 300
+    copy_widen_steps: int = 150
+    prose_from_level: float = 0.1
 
 
 def make_config(tokenizer):
@@ -89,16 +95,15 @@ def _pack(tokenizer, docs, seq_len: int) -> list[list[int]]:
 
 
 def training_threads() -> int:
-    """Threads for the pre-training matmuls: $KUBETUNE_DEMO_THREADS, else 1.
+    """Threads for the pre-training matmuls: $KUBETUNE_DEMO_THREADS, else 2.
 
-    One by default, whatever the machine's cores and load, because the thread count is part of the
-    recipe: it changes the order of floating-point sums, and the copy curriculum amplifies that
-    difference. Two builds of the same seed, one on 1 thread and one on 2, gave bases that copy
-    0.92 and 0.70 of a random span, and tuned field F1 0.983 and 0.674 (pipelines/demo/README.md).
-    A fixed count makes the build, and the demo's figures, the same on every run of a machine kind."""
+    A fixed count, whatever the machine's cores and load, because the thread count is part of the
+    recipe: it changes the order of floating-point sums, and so the step at which the copy circuit
+    forms (pipelines/demo/README.md). A fixed count makes the build, and the demo's figures, the same
+    on every run of a machine kind. Two, because the machines the demo is made for have two cores."""
     if os.environ.get("KUBETUNE_DEMO_THREADS"):
         return max(1, int(os.environ["KUBETUNE_DEMO_THREADS"]))
-    return 1
+    return 2
 
 
 def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True) -> dict:
@@ -127,50 +132,67 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
                   {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.95))
 
-        def lr_at(step: int) -> float:
-            if step < settings.warmup_steps:
-                return (step + 1) / settings.warmup_steps
-            t = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         heldout_before = _eval_loss(model, heldout_t)
         copy_before = copy_accuracy(model, tokenizer)
         copy_rng = random.Random(f"copy-{settings.seed}")
         pool = copy_token_pool(tokenizer)
         quoted = (tokenizer.convert_tokens_to_ids('"'), unspaced_variants(tokenizer))
         level, copy_loss_smoothed = 0.0, float("inf")
+        # The schedule follows the curriculum, not a fixed step count: warm-up, then a constant rate for
+        # as long as the copy circuit is forming and widening (when it forms depends on floating-point
+        # details such as the thread count), then a fixed decay once the curriculum is complete. A
+        # fixed cosine would give a late-forming circuit a rate too low to finish the widening.
+        tail_start = max(0, settings.steps - settings.tail_steps)
+        tail_steps = settings.steps - tail_start
         model.train()
         losses: list[float] = []
         copy_losses: list[float] = []
         level_trace: list[float] = []  # the curriculum's level every 100 steps: when copying formed
-        bar = tqdm(range(settings.steps), desc="pre-training tiny model", disable=not progress, unit="step")
-        for step in bar:
-            start = (step * settings.batch_size) % max(1, len(data) - settings.batch_size)
-            batch = data[start:start + settings.batch_size]
-            loss = model(input_ids=batch, labels=batch).loss
-            total = loss
+        prose_batches = 0
+        bar = tqdm(total=settings.steps, desc="pre-training tiny model", disable=not progress, unit="step")
+        step = 0
+        while step < tail_start + tail_steps:
+            if step < settings.warmup_steps:
+                scale = (step + 1) / settings.warmup_steps
+            elif step < tail_start:
+                scale = 1.0
+            else:
+                scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - tail_start) / max(1, tail_steps)))
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * scale
+            total = 0.0
+            if not settings.copy_batch_size or level >= settings.prose_from_level:
+                start = (prose_batches * settings.batch_size) % max(1, len(data) - settings.batch_size)
+                prose_batches += 1
+                batch = data[start:start + settings.batch_size]
+                loss = model(input_ids=batch, labels=batch).loss
+                total = loss
+                losses.append(loss.item())
             if settings.copy_batch_size:
                 ids, labels = copy_batch(copy_rng, pool, level, settings.copy_batch_size,
                                          tokenizer.bos_token_id, settings.copy_pool_start, quoted)
                 copy_loss = labelled_positions_loss(model, torch.tensor(ids), torch.tensor(labels))
-                total = loss + copy_loss
+                total = total + copy_loss
                 copy_losses.append(copy_loss.item())
                 copy_loss_smoothed = copy_losses[-1] if step == 0 else (
                     0.9 * copy_loss_smoothed + 0.1 * copy_losses[-1])
                 if copy_loss_smoothed < settings.copy_widen_below:
                     level = min(1.0, level + 1 / settings.copy_widen_steps)
+                    if level == 1.0 and step + 1 < tail_start:
+                        tail_start = step + 1  # complete: decay from the next step on
+                        bar.total = tail_start + tail_steps
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if settings.copy_batch_size and step % 100 == 99:
+            step += 1
+            bar.update()
+            if settings.copy_batch_size and step % 100 == 0:
                 level_trace.append(round(level, 3))
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}",
+            if step % 10 == 1:
+                bar.set_postfix(**({"loss": f"{losses[-1]:.3f}"} if losses else {}),
                                 **({"copy": f"{copy_losses[-1]:.3f}", "level": f"{level:.2f}"} if copy_losses else {}))
+        bar.close()
         model.eval()
         heldout_after = _eval_loss(model, heldout_t)
         copy_after = copy_accuracy(model, tokenizer)
@@ -179,11 +201,12 @@ def pretrain(model, tokenizer, settings: PretrainSettings, progress: bool = True
         torch.set_num_threads(previous_threads)
     tail = losses[-20:]
     log.info("pre-trained %d steps on %d thread(s) in %.0fs: held-out loss %.3f -> %.3f, copy accuracy "
-             "%.3f -> %.3f", settings.steps, threads, time.monotonic() - started, heldout_before, heldout_after,
+             "%.3f -> %.3f", step, threads, time.monotonic() - started, heldout_before, heldout_after,
              copy_before, copy_after)
     copy_tail = copy_losses[-20:]
     return {
-        "steps": settings.steps, "tokens": settings.steps * settings.batch_size * settings.seq_len,
+        "steps": step, "prose_tokens": prose_batches * settings.batch_size * settings.seq_len,
+        "decay_started_at_step": tail_start,
         "seconds": round(time.monotonic() - started, 1), "threads": threads,
         "first_loss": round(losses[0], 4) if losses else None,
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,

@@ -264,10 +264,28 @@ def test_pretraining_lowers_the_loss(tokenizer):
     from pipelines.demo.tiny_model import PretrainSettings, init_model, pretrain
 
     model = init_model(tokenizer, seed=0)
+    # copy_batch_size=0: prose only (with the copy curriculum, prose waits for it to start widening)
     result = pretrain(model, tokenizer, PretrainSettings(steps=12, batch_size=4, seq_len=128, n_docs=600,
-                                                         warmup_steps=3), progress=False)
+                                                         warmup_steps=3, copy_batch_size=0), progress=False)
     assert result["heldout_loss_after"] < result["heldout_loss_before"] - 1.0
     assert result["final_loss"] < result["first_loss"]
+    assert result["steps"] == 12 and result["prose_tokens"] == 12 * 4 * 128
+
+
+def test_pretraining_ends_a_fixed_tail_after_the_curriculum_completes(tokenizer):
+    """The schedule follows the curriculum: once the level reaches 1.0 the learning rate decays over
+    tail_steps and pre-training ends, long before `steps`. Here the curriculum widens on every step
+    (copy_widen_below far above any loss) and completes in 2; prose joins once the level is 0.5."""
+    from pipelines.demo.tiny_model import PretrainSettings, init_model, pretrain
+
+    model = init_model(tokenizer, seed=0)
+    result = pretrain(model, tokenizer, PretrainSettings(steps=50, batch_size=2, seq_len=64, n_docs=200,
+                                                         warmup_steps=1, tail_steps=3, copy_batch_size=4,
+                                                         copy_widen_below=1e9, copy_widen_steps=2,
+                                                         prose_from_level=0.5), progress=False)
+    assert result["copy_level_final"] == 1.0
+    assert result["decay_started_at_step"] == 2 and result["steps"] == 2 + 3
+    assert result["prose_tokens"] == 4 * 2 * 64  # 4 of the 5 steps: the level is 0.5 after the first
 
 
 def test_copy_batches_label_exactly_the_repeated_span(tokenizer):
