@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -176,12 +177,18 @@ def check_service_account(core, opts: DoctorOptions, report: Report) -> None:
 
 def check_secret(core, opts: DoctorOptions, report: Report) -> None:
     where = f"{opts.namespace}/{opts.secret}"
+    # The kubernetes client logs every response body at DEBUG (`kubetune -v`); this one is the Secret's data.
+    rest_log = logging.getLogger("kubernetes.client.rest")
+    level = rest_log.level
+    rest_log.setLevel(max(level, logging.INFO))
     try:
         secret = core.read_namespaced_secret(opts.secret, opts.namespace, _request_timeout=opts.timeout)
     except Exception as e:  # noqa: BLE001
         hint = "; create it from k8s/s3-secret.template.yaml" if getattr(e, "status", None) == 404 else ""
         report.add("s3-secret", FAIL, f"{where}: {_api_error(e)}{hint}")
         return
+    finally:
+        rest_log.setLevel(level)
     data = {k: base64.b64decode(v or "").decode("utf-8", "replace") for k, v in (secret.data or {}).items()}
     missing = [k for k in S3_KEYS if k not in data]
     empty = [k for k in S3_CREDENTIALS if k in data and not data[k].strip()]

@@ -96,3 +96,78 @@ def _hf_errors(uri: str):
         status = getattr(getattr(e, "response", None), "status_code", None)
         cls = AccessDenied if status in (401, 403) else StorageError
         raise cls(f"{uri}: {endpoint} answered {status}: {str(e).splitlines()[0]}") from e
+
+
+# ---- what a model directory may carry: custom code, and the safetensors headers ----------------------
+# Hugging Face model directories (from the Hub, S3 or disk) are checked with these before any step
+# loads them: transformers runs shipped Python only with trust_remote_code, and safetensors' own
+# errors on a damaged file are a bare SafetensorError without the file's name.
+CODE_CONFIGS = ("config.json", "tokenizer_config.json")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # unreadable: the loader reports it with its own message
+    return data if isinstance(data, dict) else {}
+
+
+def auto_map_modules(auto_map: dict) -> list[str]:
+    """The Python files an `auto_map` refers to ("mod.Class" or "repo--mod.Class" -> "mod.py")."""
+    refs = []
+    for value in auto_map.values():
+        refs += value if isinstance(value, (list, tuple)) else [value]
+    names = {ref.split("--")[-1].rsplit(".", 1)[0] + ".py" for ref in refs if isinstance(ref, str) and "." in ref}
+    return sorted(names)
+
+
+def custom_code(model_dir: str | Path) -> dict[str, dict]:
+    """{config file: its auto_map} for each of config.json / tokenizer_config.json that maps Auto classes
+    to Python code shipped with the model (empty: none)."""
+    found = {}
+    for name in CODE_CONFIGS:
+        auto_map = _read_json(Path(model_dir) / name).get("auto_map")
+        if auto_map:
+            found[name] = auto_map
+    return found
+
+
+def check_custom_code(model_dir: str | Path, trust_remote_code: bool, what: str,
+                      error: type[Exception] = StorageError) -> None:
+    """Refuse a model directory that ships its own Python (an `auto_map`) unless trust_remote_code;
+    `what` names the model in the message (e.g. "model.base s3://...").
+
+    transformers would otherwise ignore that code silently when the architecture is also built in (and
+    load something other than what the model's authors wrote), or fail with a long generic message."""
+    if trust_remote_code:
+        return
+    found = custom_code(model_dir)
+    if not found:
+        return
+    files = sorted({m for auto_map in found.values() for m in auto_map_modules(auto_map)})
+    present = [f for f in files if (Path(model_dir) / f).is_file()]
+    where = "; ".join(f"{name} auto_map {sorted(auto_map)}" for name, auto_map in found.items())
+    raise error(f"{what} ships custom code ({where} -> {', '.join(files) or '?'}"
+                f"{'' if present == files else ', not all present'}); kubetune runs code that comes with a "
+                "model only with model.trust_remote_code: true (for a model you trust). To use transformers' "
+                "own implementation instead, remove auto_map from those files")
+
+
+def check_safetensors(model_dir: str | Path, error: type[Exception] = StorageError) -> list[Path]:
+    """Every *.safetensors file in model_dir has a well-formed header: safetensors' own `safe_open`
+    reads it (length, JSON, tensor byte ranges covering the file) without loading a tensor. Its errors
+    do not name the file, so this raises `error` naming the first bad one. Returns the files."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise error(f"{path}: not a valid safetensors file ({e}); expected weights saved by save_pretrained "
+                        "(safetensors), not a damaged or forged file") from None
+    return files

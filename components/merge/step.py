@@ -83,9 +83,13 @@ def _tokenizer(cfg: KubetuneConfig, adapter_dir: Path, base_dir: Path):
 
 
 def _check_base(cfg: KubetuneConfig, base_dir: Path, base_desc: str) -> None:
+    from components.common import hf_hub
+
     if not (base_dir / "config.json").is_file():
         raise MergeError(f"base model {base_desc}: no config.json in {base_dir}; expected a transformers model "
                          "directory")
+    hf_hub.check_custom_code(base_dir, cfg.model.trust_remote_code, f"base model {base_desc}", MergeError)
+    hf_hub.check_safetensors(base_dir, MergeError)
     quant = _json(base_dir / "config.json").get("quantization_config")
     if quant:
         raise MergeError(f"base model {base_desc} is a pre-quantized checkpoint ({quant.get('quant_method', '?')}"
@@ -114,13 +118,14 @@ def _mismatch(adapter_dir: Path, base_desc: str, model_config, exc: BaseExceptio
 
 
 def _load(cfg: KubetuneConfig, model_dir: Path, dtype):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code,
             use_safetensors=None if cfg.model.allow_pickle else True).eval()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise MergeError(f"{model_dir}: cannot load the model ({e})") from None
 
 
@@ -206,6 +211,10 @@ def run(cfg: KubetuneConfig, base_dir: Path, adapter_dir: Path, output_dir: Path
         raise MergeError(f"adapter {adapter_desc}: no adapter_model.safetensors (only safetensors adapters are "
                          "merged)")
     _check_base(cfg, base_dir, base_desc)
+    from components.common import hf_hub
+
+    hf_hub.check_custom_code(adapter_dir, cfg.model.trust_remote_code, f"adapter {adapter_desc}", MergeError)
+    hf_hub.check_safetensors(adapter_dir, MergeError)
     tokenizer = _tokenizer(cfg, adapter_dir, base_dir)
     dtype_name = cfg.merge.dtype
     dtype = getattr(torch, dtype_name)

@@ -119,6 +119,9 @@ def check_model_dir(model_dir: Path) -> dict:
     if not config.get("architectures"):
         raise ModelInputError(f"{model_dir}/config.json: no 'architectures' entry; expected e.g. "
                               "[\"LlamaForCausalLM\"]")
+    from components.common import hf_hub
+
+    hf_hub.check_safetensors(model_dir, ModelInputError)  # a damaged or forged file, named, before the converter
     return config
 
 

@@ -45,6 +45,10 @@ class ConversionFailed(QuantizeError):
     """convert_hf_to_gguf.py or llama_model_quantize failed; the message carries its error."""
 
 
+class GgufFileError(ConversionFailed):
+    """A GGUF file whose header cannot be read (damaged, truncated or forged); the message names it."""
+
+
 class VerificationFailed(QuantizeError):
     """A GGUF file was written but is wrong: metadata, chat template or tokenizer do not match."""
 

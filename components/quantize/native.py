@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.quantize.errors import ConversionFailed
+from components.quantize.errors import ConversionFailed, GgufFileError
 from components.quantize.quant_types import ftypes
 
 log = logging.getLogger("kubetune.quantize")
@@ -115,6 +115,17 @@ class GgufInfo:
 
 
 def read_info(path: Path) -> GgufInfo:
+    """The file's metadata; a damaged or forged header raises GgufFileError naming the file."""
+    try:
+        return _read_info(path)
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, MemoryError, UnicodeDecodeError) as e:
+        raise GgufFileError(f"{path}: not a valid GGUF file ({type(e).__name__}: {str(e)[:300]}); expected a "
+                            "GGUF written by llama.cpp's converter or quantizer") from None
+    except OSError as e:
+        raise GgufFileError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def _read_info(path: Path) -> GgufInfo:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))

@@ -107,19 +107,29 @@ def check_bitsandbytes(cfg: KubetuneConfig, device: str) -> None:
 
 
 # ---- config-only checks -------------------------------------------------------------------------
-def fetch_model_config(base: str) -> Path:
-    """Only the config.json of a model (local, file://, s3:// or hf://), for checks before the weights."""
-    from components.common import storage
+def fetch_model_config(base: str, trust_remote_code: bool = False) -> Path:
+    """Only the config.json of a model (local, file://, s3:// or hf://), for checks before the weights;
+    with trust_remote_code also the Python files its auto_map names (next to it), which a custom
+    architecture's config needs."""
+    from components.common import hf_hub, storage
 
     if storage.is_s3(base):
         dest = Path(tempfile.mkdtemp(prefix="kubetune-config-")) / "config.json"
-        return storage.download_file(storage.join_uri(base, "config.json"), dest)
+        storage.download_file(storage.join_uri(base, "config.json"), dest)
+        if trust_remote_code:
+            for name in hf_hub.auto_map_modules(hf_hub.custom_code(dest.parent).get("config.json", {})):
+                storage.download_file(storage.join_uri(base, name), dest.parent / name)
+        return dest
     if storage.is_hf(base):
         from huggingface_hub import hf_hub_download
 
         repo, _, revision = base[len("hf://"):].partition("@")
         try:
-            return Path(hf_hub_download(repo, "config.json", revision=revision or None))
+            path = Path(hf_hub_download(repo, "config.json", revision=revision or None))
+            if trust_remote_code:
+                for name in hf_hub.auto_map_modules(hf_hub.custom_code(path.parent).get("config.json", {})):
+                    hf_hub_download(repo, name, revision=revision or None)
+            return path
         except Exception as e:
             raise TrainSetupError(f"model.base {base}: cannot download config.json from the Hugging Face Hub "
                                   f"({type(e).__name__}: {e})") from None
@@ -132,14 +142,43 @@ def fetch_model_config(base: str) -> Path:
 
 def preflight(cfg: KubetuneConfig, runtime: Runtime, model_config_path: Path) -> None:
     """Checks that need only config.json: LoRA targets exist, bitsandbytes runs (qlora)."""
+    from components.common import hf_hub
     from components.train import plan
 
+    hf_hub.check_custom_code(Path(model_config_path).parent, cfg.model.trust_remote_code,
+                             f"model.base {cfg.model.base}", TrainSetupError)
     model_config = plan.load_model_config(model_config_path, cfg.model.trust_remote_code)
     if cfg.train.method != "full":
         meta = plan.meta_model(model_config, cfg.model.trust_remote_code)
         plan.check_target_modules(meta, cfg.train.lora.target_modules, cfg.model.base)
     if cfg.train.method == "qlora":
+        check_quantizable(cfg, model_config)
         check_bitsandbytes(cfg, runtime.device)
+
+
+def check_quantizable(cfg: KubetuneConfig, model_config) -> None:
+    """QLoRA quantizes a 16/32-bit base to 4 bits on load; a base that config.json says is already
+    quantized another way (GPTQ, AWQ, FP8...) cannot be (transformers raises a bare ValueError)."""
+    quant = getattr(model_config, "quantization_config", None)
+    if quant is None:
+        return
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    method = str(getattr(method, "value", method) or "unknown")
+    if method != "bitsandbytes":
+        raise TrainSetupError(f"train.method qlora: model.base {cfg.model.base} is already quantized with "
+                              f"{method} (quantization_config in its config.json), so bitsandbytes cannot "
+                              "quantize it to 4 bits; expected an unquantized (16/32-bit) base model for qlora")
+
+
+def check_model_dir(cfg: KubetuneConfig, model_dir: Path) -> None:
+    """Before anything in the fetched base model is loaded: no shipped code unless model.trust_remote_code
+    (config.json and tokenizer_config.json), and well-formed safetensors headers (a forged or damaged
+    file fails here, naming it, instead of deep inside safetensors)."""
+    from components.common import hf_hub
+
+    hf_hub.check_custom_code(model_dir, cfg.model.trust_remote_code, f"model.base {cfg.model.base}",
+                             TrainSetupError)
+    hf_hub.check_safetensors(model_dir, TrainSetupError)
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------
@@ -206,9 +245,11 @@ def load_model(cfg: KubetuneConfig, runtime: Runtime, model_dir: Path):
             load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype))
         kwargs.setdefault("device_map", {"": 0} if runtime.device == "cuda" else "cpu")
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         hint = "" if cfg.model.allow_pickle else " (only safetensors are loaded unless model.allow_pickle)"
         raise TrainSetupError(f"model.base {cfg.model.base}: cannot load weights from {model_dir}{hint}: "
                               f"{e}") from None

@@ -141,10 +141,14 @@ def load_model_config(path: str | Path, trust_remote_code: bool = False):
         raise PlanError(f"{file}: no 'model_type' key; expected a transformers config.json "
                         "(e.g. {\"model_type\": \"llama\", \"hidden_size\": ...})")
     try:
+        if trust_remote_code and "AutoConfig" in (data.get("auto_map") or {}):
+            # The model's own config class, from the Python file next to config.json.
+            return AutoConfig.from_pretrained(str(file.parent), trust_remote_code=True)
         return AutoConfig.for_model(model_type, **data)
-    except ValueError as e:
+    except (ValueError, OSError, ImportError) as e:
         hint = "" if trust_remote_code else " (custom architectures need model.trust_remote_code)"
-        raise PlanError(f"{file}: model_type {model_type!r} is not known to transformers{hint}: {e}") \
+        detail = str(e).split(". Should contain one of")[0]  # not the list of every known model type
+        raise PlanError(f"{file}: model_type {model_type!r} is not known to transformers{hint}: {detail}") \
             from None
 
 

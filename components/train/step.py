@@ -122,7 +122,7 @@ def preflight(cfg: KubetuneConfig, dataset_dir: Path):
     if cfg.train.early_stopping_patience and not checked[2]:
         raise data.DatasetError(f"{dataset_dir}: train.early_stopping_patience needs the test split "
                                 "(test.jsonl or test.parquet) to evaluate on, and there is none")
-    model.preflight(cfg, runtime, model.fetch_model_config(cfg.model.base))
+    model.preflight(cfg, runtime, model.fetch_model_config(cfg.model.base, cfg.model.trust_remote_code))
     return runtime, checked
 
 
@@ -136,6 +136,7 @@ def build_trainer(cfg: KubetuneConfig, dataset_dir: Path, work_dir: Path, *, run
         runtime, checked = preflight(cfg, Path(dataset_dir))
     t = cfg.train
     model_dir = Path(storage.fetch_model(cfg.model.base, allow_pickle=cfg.model.allow_pickle))
+    model.check_model_dir(cfg, model_dir)
     tokenizer = model.load_tokenizer(cfg, model_dir)
     td = data.build(Path(dataset_dir), t.loss, tokenizer, checked)
     log.info("dataset: %d train / %d test records, mode %s", td.num_train, td.num_test, td.mode)
