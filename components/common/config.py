@@ -34,13 +34,33 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]
 DataFormat = Literal["auto", "alpaca", "chat", "prompt_completion", "text"]
 Policy = Literal["fail", "skip"]
 
+# model.name and publish.version name the release directory <root>/releases/<model.name>/<version>/, and
+# charts/vllm puts them into Kubernetes label values, so both are one path segment (no '/', never '..') of at
+# most 63 characters: a Kubernetes name for the model (lowercase, no '_'), a label value for the version.
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+VERSION_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+_PATTERN_WORDS = {
+    MODEL_NAME_PATTERN: "a Kubernetes name: 1-63 lowercase letters, digits, '-' or '.', starting and ending "
+                        "with a letter or digit (no '/', '_' or uppercase; it names releases/<model.name>/)",
+    VERSION_PATTERN: "a release version: 1-63 letters, digits, '.', '_' or '-', starting and ending with a "
+                     "letter or digit (one path segment, no '/': it names releases/<model.name>/<version>/)",
+}
+
+
+def _not_latest(value: str | None) -> str | None:
+    # charts/vllm refuses a release URI with 'latest' in it: releases are pinned by immutable versions.
+    if value is not None and "latest" in value.lower():
+        raise ValueError("a name without 'latest' (charts/vllm refuses release URIs containing it: a release is "
+                         "pinned by an immutable version)")
+    return value
+
 
 # ----------------------------------------------------------------------------------------------
 # model / data / prepare
 # ----------------------------------------------------------------------------------------------
 class ModelConfig(Section):
     name: str = Field(description="Model name used for releases and serving, e.g. 'contracts-llama'.",
-                      pattern=r"^[a-z0-9][a-z0-9._-]*$")
+                      pattern=MODEL_NAME_PATTERN)
     base: str = Field(description="Base model: a local path, file://, s3:// (a prefix with a manifest) "
                                   "or hf://org/name[@revision].")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off by "
@@ -52,6 +72,8 @@ class ModelConfig(Section):
     chat_template: str | None = Field(None, description="Override the tokenizer's chat template: a path "
                                                         "to a .jinja file. Default: the model's own.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    _name_not_latest = field_validator("name")(_not_latest)
 
 
 class DataSource(Section):
@@ -81,6 +103,9 @@ class ProblemPolicy(Section):
     # A conversation the base model's chat template rejects (e.g. roles that do not alternate, which
     # Mistral-style templates raise on) is a problem with that record, not with the whole run.
     template_error: Policy = "skip"
+    # A system message after a user or assistant turn: dedup compares conversations without system
+    # messages, and many chat templates reject (or silently misplace) one mid-conversation.
+    misplaced_system: Policy = "skip"
 
 
 class PrepareConfig(Section):
@@ -201,10 +226,13 @@ class QuantizeConfig(Section):
 
 
 class PublishConfig(Section):
-    version: str | None = Field(None, description="Release version; default: UTC time + run id.")
+    version: str | None = Field(None, description="Release version; default: UTC time + run id.",
+                                pattern=VERSION_PATTERN)
     skip_if_no_new_data: bool | None = Field(None, description="End early when the data hash equals "
                                                                "the latest release's. Default: on for "
                                                                "scheduled runs.")
+
+    _version_not_latest = field_validator("version")(_not_latest)
 
 
 class ServeConfig(Section):
@@ -222,6 +250,20 @@ class StorageConfig(Section):
     root: str = Field(description="Where runs and releases live: s3://bucket/prefix, file:// or a path. "
                                   "Runs go to <root>/runs/<run-id>/<step>/, releases to "
                                   "<root>/releases/<model>/<version>/.")
+
+    @field_validator("root")
+    @classmethod
+    def _valid_uri(cls, value: str) -> str:
+        # Checked here, not at publish time hours later: the release goes under this root.
+        from components.common.storage_errors import StorageError
+        from components.common.uris import local_path, split_s3
+
+        try:
+            split_s3(value) if value.startswith("s3://") else local_path(value)
+        except StorageError as e:
+            raise ValueError(f"s3://BUCKET/PREFIX, file:///PATH or a local path ({str(e).split(': ', 1)[1]})") \
+                from None
+        return value
 
 
 class Toleration(Section):
@@ -313,6 +355,9 @@ class KubetuneConfig(Section):
         targets = self.train.lora.target_modules
         if isinstance(targets, list) and not targets:
             raise ValueError("train.lora.target_modules: expected 'all-linear' or a non-empty list")
+        if self.train.method == "full" and self.model.dtype == "float16":  # checked here, before any step ran
+            raise ValueError("model.dtype: float16 with train.method full: the AMP grad scaler cannot unscale "
+                             "fp16 weights' gradients; expected bfloat16 or float32 (or auto)")
         if "mlflow" in self.train.report_to:  # transformers' MLflowCallback would open a second, unlinked run
             raise ValueError("train.report_to: 'mlflow' is done by the tracking section (tracking.mlflow_uri), "
                              "which logs the training curve into the pipeline run's MLflow run; remove it")
@@ -357,7 +402,8 @@ def _yaml_lines(text: str) -> dict[tuple, int]:
 def _expected(err: dict[str, Any]) -> str:
     """What pydantic expected, in words ('greater than 0', "'lora', 'qlora' or 'full'", ...)."""
     if err["type"] == "string_pattern_mismatch":
-        return f"a string matching {err['ctx']['pattern']}"
+        pattern = err["ctx"]["pattern"]
+        return _PATTERN_WORDS.get(pattern, f"a string matching {pattern}")
     return err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
 
 

@@ -42,6 +42,12 @@ def join_uri(base: str, *parts: str) -> str:
 
 def local_path(uri: str | os.PathLike) -> Path:
     uri = str(uri)
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("s3", "hf", "file") and not is_s3(uri) and not is_hf(uri) and not uri.startswith("file://"):
+        form = {"s3": "s3://BUCKET/KEY", "hf": "hf://ORG/NAME or hf://datasets/ORG/NAME/PATH",
+                "file": "file:///ABSOLUTE/PATH"}[scheme]
+        raise StorageError(f"{uri!r}: a malformed {scheme}:// URI (expected {form}, with a lowercase scheme "
+                           "and two slashes)")
     if uri.startswith("file://"):
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
 from components.prepare.problems import Tally
 from components.prepare.validate import Example
+
+if TYPE_CHECKING:  # datasketch (and scipy under it) is imported when used: a second off every CLI start
+    from datasketch import MinHash
 
 SHINGLE_WORDS = 3
 MINHASH_SEED = 1  # fixed: the same text always gets the same signature, run after run
@@ -79,6 +82,8 @@ def _shingles(text: str) -> list[bytes]:
 
 def _signatures(texts: list[str], num_perm: int, desc: str) -> list[MinHash]:
     # One permutation table shared by all signatures: generating it per record dominates otherwise.
+    from datasketch import MinHash
+
     template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME)
     out = []
     for text in tqdm(texts, desc=desc, unit="rec", disable=None, leave=False):
@@ -94,6 +99,8 @@ class _Index:
 
     def __init__(self, threshold: float, num_perm: int) -> None:
         self.threshold = threshold
+        from datasketch import MinHashLSH
+
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.signatures: list[MinHash] = []
 

@@ -50,9 +50,10 @@ def mix(by_source: dict[str, list[Example]], weights: dict[str, float], max_reco
         seed: int, tally: Tally) -> tuple[dict[str, list[Example]], dict[str, int]]:
     empty = [name for name, exs in by_source.items() if not exs]
     if empty:
+        why = "; ".join(f"{name}: " + (", ".join(tally.describe(name)) or "no records") for name in empty)
         raise PrepareError(f"data source(s) {', '.join(empty)}: no records left after validation, dedup and "
-                           f"the length filter, so the mix cannot honour their weights (see the counts "
-                           f"above; fix the data or drop the source)")
+                           f"the length filter, so the mix cannot honour their weights (fix the data or drop "
+                           f"the source). Dropped: {why}")
     counts = quotas({name: len(exs) for name, exs in by_source.items()}, weights, max_records)
     mixed = {}
     for name, exs in by_source.items():

@@ -38,6 +38,7 @@ class Reason:
     count: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, str]] = field(default_factory=list)
+    first_by_source: dict[str, str] = field(default_factory=dict)  # "where: detail", for messages
 
 
 class Tally:
@@ -55,12 +56,24 @@ class Tally:
             if detail:
                 example["detail"] = detail
             entry.examples.append(example)
+        entry.first_by_source.setdefault(source, f"{where}: {detail}" if detail else where)
 
     def count(self, reason: str, source: str | None = None) -> int:
         entry = self.reasons.get(reason)
         if entry is None:
             return 0
         return entry.count if source is None else entry.by_source.get(source, 0)
+
+    def describe(self, source: str | None = None) -> list[str]:
+        """One line per reason, most frequent first: `N reason (first: file:line: field 'x': why)`,
+        over all sources or for one."""
+        rows = []
+        for name, r in self.reasons.items():
+            n = r.count if source is None else r.by_source.get(source, 0)
+            if n:
+                first = next(iter(r.first_by_source.values())) if source is None else r.first_by_source[source]
+                rows.append((-n, name, f"{n} {name} (first: {first})"))
+        return [line for _, _, line in sorted(rows)]
 
     def as_dict(self) -> dict[str, dict]:
         # Sorted so that stats.json is byte-identical across runs.

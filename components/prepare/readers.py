@@ -72,7 +72,34 @@ def sniff(f: InputFile) -> str:
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not stripped and f.path.stat().st_size <= SNIFF_BYTES:
         raise PrepareError(f"{f.uri}: empty file (only whitespace); expected JSONL, JSON or Parquet records")
-    return "json" if stripped.startswith(b"[") else "jsonl"
+    if stripped.startswith(b"["):
+        return "json"
+    _refuse_delimited_text(f, stripped)
+    return "jsonl"
+
+
+_DELIMITERS = ((",", "comma-separated: CSV"), ("\t", "tab-separated: TSV"), (";", "semicolon-separated: CSV"))
+
+
+def _refuse_delimited_text(f: InputFile, head: bytes) -> None:
+    """Raise when the text is a CSV/TSV table rather than JSON lines: otherwise every line would be a
+    malformed JSON record, and the message would not say why."""
+    lines = [line.strip() for line in head.decode("utf-8", errors="replace").splitlines() if line.strip()][:3]
+    first = lines[0]
+    if first.startswith(("{", "[")):
+        return
+    try:
+        json.loads(first)
+        return  # a JSON value (a string, a number): a record problem, reported per line
+    except ValueError:
+        pass
+    for delimiter, kind in _DELIMITERS:
+        if all(delimiter in line for line in lines):
+            shown = first if len(first) <= 80 else first[:79] + "…"
+            raise PrepareError(f"{f.uri}:1: looks like {kind.split(': ')[1]} ({kind.split(': ')[0]} columns), "
+                               f"not JSON lines: the first line is {shown!r}; expected one JSON object per "
+                               f"line, e.g. {{\"instruction\": ..., \"output\": ...}} (convert it first, e.g. "
+                               f"pandas.read_csv(...).to_json(..., orient='records', lines=True))")
 
 
 def read_records(f: InputFile, container: str, problems: ProblemLog, source: str) -> Iterator[RawRecord]:

@@ -24,6 +24,7 @@ from components.prepare.validate import Example, Invalid
 
 _PROBE = "kubetune-probe-answer-7f3a"
 _BATCH = 512
+_CAP_MARGIN = 8  # tokens: a prefix's count may differ from the whole text's near the cut
 
 
 class Renderer:
@@ -89,14 +90,32 @@ class Renderer:
             return []
         return [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]
 
+    @property
+    def cap(self) -> int:
+        """Texts longer than this many characters are counted on this prefix first (16 characters per token
+        is far more than tokenizers average): when the prefix alone exceeds max_seq_len, the record
+        cannot fit, and a 10 MB record is not tokenized whole (seconds and gigabytes)."""
+        return 16 * (self.max_seq_len + _CAP_MARGIN)
+
+    def count_capped(self, texts: list[str]) -> list[int]:
+        """Token counts, exact for texts up to `cap` characters and for any text that fits; for a longer
+        one that does not fit, the count of its first `cap` characters (a lower bound, over max_seq_len)."""
+        cap = self.cap
+        counts = self.count([t[:cap] for t in texts])
+        redo = [i for i, (t, n) in enumerate(zip(texts, counts, strict=True))
+                if len(t) > cap and n <= self.max_seq_len + _CAP_MARGIN]
+        for i, n in zip(redo, self.count([texts[i] for i in redo]), strict=True):
+            counts[i] = n
+        return counts
+
     def measure(self, examples: list[Example]) -> None:
         """Sets num_tokens and prompt_tokens, in batches (the fast tokenizer parallelises them)."""
         for start in tqdm(range(0, len(examples), _BATCH), desc="tokenize", unit="batch", disable=None,
                           leave=False):
             batch = examples[start:start + _BATCH]
-            fulls = self.count([ex.rendered for ex in batch])
+            fulls = self.count_capped([ex.rendered for ex in batch])
             convs = [ex for ex in batch if not ex.is_text]
-            prompts = dict(zip(map(id, convs), self.count([ex.prompt for ex in convs]), strict=True))
+            prompts = dict(zip(map(id, convs), self.count_capped([ex.prompt for ex in convs]), strict=True))
             for ex, n in zip(batch, fulls, strict=True):
                 ex.num_tokens, ex.prompt_tokens = n, prompts.get(id(ex), 0)
 
@@ -108,11 +127,11 @@ class Renderer:
                 kept.append(ex)
             elif ex.prompt_tokens >= limit:
                 tally.add("prompt_too_long", ex.source, ex.where, ex.rendered,
-                          detail=f"the prompt alone is {ex.prompt_tokens} tokens (max_seq_len {limit}), "
-                                 f"leaving nothing to learn from")
+                          detail=f"the prompt alone is {self._tokens(ex.prompt_tokens, ex.prompt)} "
+                                 f"(max_seq_len {limit}), leaving nothing to learn from")
             elif self.length_policy == "drop":
                 tally.add("too_long", ex.source, ex.where, ex.rendered,
-                          detail=f"{ex.num_tokens} tokens > max_seq_len {limit}")
+                          detail=f"{self._tokens(ex.num_tokens, ex.rendered)} > max_seq_len {limit}")
             else:
                 before = ex.num_tokens
                 if not self._truncate(ex):
@@ -123,6 +142,11 @@ class Renderer:
                           detail=f"{before} -> {ex.num_tokens} tokens")
                 kept.append(ex)
         return kept
+
+    def _tokens(self, n: int, text: str | None) -> str:
+        if text is not None and len(text) > self.cap:
+            return f"over {n} tokens (counted on the first {self.cap:,} of its {len(text):,} characters)"
+        return f"{n} tokens"
 
     def _truncate(self, ex: Example) -> bool:
         """Cut the end of the completion (or text) so the record fits. False if nothing would be left.
@@ -137,6 +161,8 @@ class Renderer:
             return self.count([prompt + body[:k]])[0]
 
         lo, hi = 0, len(body)  # body[:lo] fits; body[:hi] does not
+        if hi > self.cap and tokens_of(self.cap) > self.max_seq_len:
+            hi = self.cap  # a 10 MB answer: bisect over the prefix that already does not fit
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if tokens_of(mid) <= self.max_seq_len:

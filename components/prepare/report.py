@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from components.common.plots import histogram_png
-
 # (key, what the count means): records remaining after each stage, in order.
 STAGES = [
     ("read", "records read (including unparseable lines)"),
@@ -41,9 +39,43 @@ def percentiles(values: list[int]) -> dict[str, int]:
 
 
 def plot(train: list[int], test: list[int], max_seq_len: int, path: Path) -> Path:
+    from components.common.plots import histogram_png  # matplotlib: imported when a plot is drawn
+
     return histogram_png({f"train ({len(train)})": train, f"test ({len(test)})": test}, path,
                          title="Tokens per record (prompt + completion)", xlabel="tokens",
                          vline=max_seq_len, vline_label=f"max_seq_len {max_seq_len}", ylabel="records")
+
+
+def console_summary(stats: dict) -> list[str]:
+    """What `kubetune prepare` prints about lost records: the bad ones prepare.policy skipped, each reason
+    with its count and first location, then the deliberate removals (duplicates, length, mixing)."""
+    from components.prepare.problems import POLICY_KINDS
+
+    drops = stats["drops"]
+
+    def first(d: dict) -> str:
+        ex = d["examples"][0]
+        return f"{ex['where']}: {ex['detail']}" if ex.get("detail") else ex["where"]
+
+    def ordered(kinds) -> list[tuple[str, dict]]:
+        return sorted(((k, d) for k, d in drops.items() if k in kinds), key=lambda kd: (-kd[1]["count"], kd[0]))
+
+    lines = []
+    bad = ordered(POLICY_KINDS)
+    if bad:
+        total = sum(d["count"] for _, d in bad)
+        lines.append(f"dropped {total} bad record{'s' if total != 1 else ''} (prepare.policy: skip): "
+                     + ", ".join(f"{d['count']} {k}" for k, d in bad))
+        lines += [f"  {k}: {d['count']}, first {first(d)}" for k, d in bad]
+    removed = ordered(set(drops) - set(POLICY_KINDS) - {"truncated"})
+    if removed:
+        total = sum(d["count"] for _, d in removed)
+        lines.append(f"removed {total} record{'s' if total != 1 else ''}: "
+                     + ", ".join(f"{d['count']} {k}" for k, d in removed) + " (examples in report.md)")
+    if "truncated" in drops:
+        lines.append(f"truncated {drops['truncated']['count']} record(s) to max_seq_len "
+                     f"{stats['settings']['max_seq_len']}")
+    return lines
 
 
 def _cell(text: str) -> str:

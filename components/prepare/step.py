@@ -27,7 +27,7 @@ from tqdm import tqdm
 from components.common.config import DataSource, KubetuneConfig
 from components.common.tokenizer import chat_template_override, load_tokenizer
 from components.prepare import dedup, mix, report
-from components.prepare.problems import PrepareError, ProblemLog, Tally
+from components.prepare.problems import PrepareError, ProblemLog, Tally, snippet
 from components.prepare.readers import InputFile, expand, read_records, sniff
 from components.prepare.render import Renderer
 from components.prepare.validate import FORMAT_KEYS, Example, Invalid, detect_format, to_example
@@ -85,24 +85,36 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
     if len(inputs) != len(sources):
         raise PrepareError(f"{len(inputs)} input(s) given for {len(sources)} data source(s); give one per "
                            f"source, in the order of data.sources")
+    tally = Tally()
+    problems = ProblemLog(p.policy, tally)
+
+    # 1. read and validate every source. Nothing here needs the tokenizer, so bad input fails before
+    # it is loaded (seconds of imports), and a bad record deep in a big file before any rendering.
+    files_info: dict[str, list[dict]] = {}
+    validated: list[tuple[Example, str]] = []
+    for source, name, given in zip(sources, names, inputs, strict=True):
+        files_info[name] = []
+        for f in _input_files(given):
+            examples, info = _load_file(f, source.format, name, problems)
+            files_info[name].append(info)
+            validated += examples
+
+    # 2. render the conversations with the base model's chat template
     if chat_template is None:
         chat_template = chat_template_override(cfg, error=PrepareError)
     if isinstance(tokenizer, str | Path):
         tokenizer = load_tokenizer(cfg, Path(tokenizer), error=PrepareError, chat_template=chat_template)
     renderer = Renderer(tokenizer, p.max_seq_len, p.length_policy, chat_template=chat_template,
                         tokenizer_name=f"the tokenizer of {cfg.model.base}")
-    tally = Tally()
-    problems = ProblemLog(p.policy, tally)
-
-    # 1. read, validate and render every source
-    files_info: dict[str, list[dict]] = {}
     loaded: list[Example] = []
-    for source, name, given in zip(sources, names, inputs, strict=True):
-        files_info[name] = []
-        for f in _input_files(given):
-            examples, info = _load_file(f, source.format, name, problems, renderer)
-            files_info[name].append(info)
-            loaded += examples
+    for ex, text in tqdm(validated, desc="render", unit="rec", disable=None, leave=False):
+        try:
+            renderer.render(ex)
+        except Invalid as e:
+            problems.report(e.kind, ex.source, ex.where, e.message, field_name=e.field, text=text)
+            continue
+        loaded.append(ex)
+    del validated
     stages: dict[str, Counter] = {}
     read = Counter({name: sum(i["records"] for i in files_info[name]) for name in names})
     for kind in ("malformed_json", "invalid_utf8"):
@@ -110,7 +122,7 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
     stages["read"] = read
     stages["valid"] = _by_source(loaded)
 
-    # 2. dedup, then the length filter (cheaper on fewer records)
+    # 3. dedup, then the length filter (cheaper on fewer records)
     dedup.assign_keys(loaded)
     kept = dedup.exact_dedup(loaded, tally)
     stages["unique"] = _by_source(kept)
@@ -120,7 +132,7 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
     kept = renderer.length_filter(kept, tally)
     stages["within_length"] = _by_source(kept)
 
-    # 3. mix, split, decontaminate
+    # 4. mix, split, decontaminate
     grouped: dict[str, list[Example]] = {name: [] for name in names}
     for ex in kept:
         grouped[ex.source].append(ex)
@@ -142,7 +154,7 @@ def run(cfg: KubetuneConfig, inputs: Sequence[SourceInput] | None, output_dir: s
     for warning in warnings:
         log.warning("prepare: %s", warning)
 
-    # 4. write
+    # 5. write
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     suffix = p.output_format
@@ -176,8 +188,8 @@ def _input_files(given: SourceInput) -> list[InputFile]:
     return files
 
 
-def _load_file(f: InputFile, fmt: str, source: str, problems: ProblemLog,
-               renderer: Renderer) -> tuple[list[Example], dict]:
+def _load_file(f: InputFile, fmt: str, source: str, problems: ProblemLog) -> tuple[list[tuple[Example, str]], dict]:
+    """The valid records of one file (not rendered yet), each with a snippet of its text for reports."""
     container = sniff(f)
     if fmt == "auto":
         fmt = _detect(f, container, problems.policy)
@@ -189,11 +201,10 @@ def _load_file(f: InputFile, fmt: str, source: str, problems: ProblemLog,
         records += 1
         try:
             ex = to_example(raw.value, fmt, source, raw.where)
-            renderer.render(ex)
         except Invalid as e:
             problems.report(e.kind, source, raw.where, e.message, field_name=e.field, text=raw.text)
             continue
-        examples.append(ex)
+        examples.append((ex, snippet(raw.text)))
     if records == 0 and sum(problems.tally.count(k, source) for k in unreadable) == skipped_before:
         raise PrepareError(f"{f.uri}: empty file (no records)")
     return examples, {"uri": f.uri, "container": container, "format": fmt, "records": records}

@@ -159,6 +159,12 @@ def _chat(record: dict) -> list[dict[str, str]]:
             hint = " (content parts are not supported; use a string)" if isinstance(content, list) else ""
             raise Invalid("wrong_type", f"{name}.content",
                           f"expected a string, got {json_type(content)}{hint}")
+        if role == "system" and any(m["role"] != "system" for m in out):
+            raise Invalid("misplaced_system", f"{name}.role", "a system message after the conversation started "
+                                                              "(expected system messages only before the first "
+                                                              "user or assistant message)")
+        if role == "user" and not content.strip():
+            raise Invalid("missing_field", f"{name}.content", "the user's message is empty (expected text)")
         out.append({"role": role, "content": content})
     last = len(out) - 1
     if out[last]["role"] != "assistant":

@@ -26,6 +26,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from components.common import storage
     from components.prepare.problems import PrepareError
+    from components.prepare.report import console_summary
 
     cfg = step_cli.load(args)
     sources = cfg.data.sources
@@ -48,6 +49,8 @@ def run(args) -> int:
     print(f"prepare: {stages['read']} records read, {stages['valid']} valid, {stages['mixed']} after "
           f"dedup/length/mixing -> {m['records_train']} train + {m['records_test']} test "
           f"in {published.outcome.seconds:.1f} s")
+    for line in console_summary(stats):
+        print(f"prepare: {line}")
     print(f"prepare: published to {published.manifest.uri} "
           f"(report: {storage.join_uri(args.output.rstrip('/'), 'report.md')})")
     return 0

@@ -33,9 +33,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    cfg = step_cli.load(args)  # before the torch imports below: a bad config fails in a second, not ten
+
     from components.train import checkpoints
 
-    cfg = step_cli.load(args)
     work_dir = Path(args.work_dir).expanduser() if args.work_dir else None
     metrics = {}
 
