@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TOOLS := $(VENV)/tools
 export PATH := $(abspath $(VENV)/bin):$(abspath $(TOOLS)):$(PATH)
 
-.PHONY: install install-python install-system install-helm install-prometheus install-chromium install-debian-packages install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm install-mlflow test demo lint bench clean
+.PHONY: install install-python install-system install-helm install-prometheus install-chromium install-debian-packages install-llama-cpp install-llama-cpp-build install-llama-cpp-tools install-vllm install-mlflow test test-slow demo lint bench clean
 
 install:  ## Everything the demo and the tests need, in .venv (parts in parallel; each part's output whole)
 	@start=$$(date +%s); \
@@ -154,8 +154,11 @@ install-debian-packages:
 	  || { echo "install-debian-packages: $$c not on PATH after installing $(DEBIAN_PACKAGES)" >&2; exit 1; }; done; \
 	echo "install-debian-packages: $$(promtool --version 2>&1 | head -n1); $$(chromium --version 2>/dev/null | head -n1)"
 
-test: ## The whole test suite against real local services
-	$(PY) -m pytest -q --durations=25
+test: ## The test suite against real local services (not the `slow` ones: `make test-slow`)
+	$(PY) -m pytest -q --durations=25 -m "not slow"
+
+test-slow: ## The slow reliability tests (load: 64 clients for 60 s on each server; .ci/run runs them too)
+	$(PY) -m pytest -q --durations=25 -m slow tests/reliability
 
 demo: ## The main job: the whole pipeline, locally, on the tiny model
 	$(VENV)/bin/kubetune demo

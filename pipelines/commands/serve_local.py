@@ -33,6 +33,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from components.common import storage
     from pipelines import serve_local
 
     common = {"dest": args.dest, "values": args.values, "host": args.host, "port": args.port,
@@ -49,8 +50,10 @@ def run(args) -> int:
                           "url": plan.url, "notes": plan.notes}, indent=2))
         return 0
     f = plan.fetched
-    print(f"serve-local: {args.release} in {plan.local_dir} ({f['downloaded']} file(s) downloaded, "
-          f"{f['reused']} already present, all verified)")
+    # The bytes: a warm release directory (and cache) must download nothing, release.json included.
+    print(f"serve-local: {args.release} in {plan.local_dir} ({f['downloaded']} file(s) downloaded "
+          f"({f['bytes']} bytes), {f['reused']} already present, all verified; "
+          f"{storage.transfer_stats.bytes_downloaded} bytes read from S3)")
     for note in plan.notes:
         print(f"serve-local: {note}")
     print(f"serve-local: {plan.kind} serving {plan.served_name!r} on {plan.url}/v1: {' '.join(plan.command)}")
