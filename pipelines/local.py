@@ -42,20 +42,30 @@ def new_run_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
-def without_retries(cfg: KubetuneConfig) -> KubetuneConfig:
-    """The config to build the local pipeline from: KFP's local runner honours retries with their
-    backoff (a minute and more), which on a laptop only delays a deterministic failure's report."""
+def with_retries(cfg: KubetuneConfig, retries: int) -> KubetuneConfig:
+    """The config to build the local pipeline from, every step retried `retries` times. KFP's local
+    runner honours retries with the pipeline's backoff (a minute and more), which on a laptop only
+    delays a deterministic failure's report: so 0 by default. A retried train step resumes from its
+    newest checkpoint (the same run id), as on a cluster."""
     from pipelines.steps import specs
 
     local_cfg = cfg.model_copy(deep=True)
     for spec in specs():
-        local_cfg.cluster.steps[spec.name] = spec.options(local_cfg).model_copy(update={"retries": 0})
+        local_cfg.cluster.steps[spec.name] = spec.options(local_cfg).model_copy(update={"retries": retries})
     return local_cfg
 
 
+def without_retries(cfg: KubetuneConfig) -> KubetuneConfig:
+    return with_retries(cfg, 0)
+
+
 def run_local(cfg: KubetuneConfig, *, pipeline_root: str | Path = ".kubetune/kfp-local", run_id: str | None = None,
-              scheduled: bool = False) -> LocalRun:
-    """Run the whole pipeline locally and collect what each step reported."""
+              scheduled: bool = False, retries: int = 0) -> LocalRun:
+    """Run the whole pipeline locally and collect what each step reported. retries: how many times
+    the local runner retries a failed step (a preempted or killed train step then resumes from its
+    last checkpoint in S3); 0, the default, reports a failure at once."""
+    if retries < 0:
+        raise KubetuneError(f"retries={retries}: expected 0 or more")
     from kfp import local
 
     from pipelines.finetune import build_pipeline
@@ -63,7 +73,7 @@ def run_local(cfg: KubetuneConfig, *, pipeline_root: str | Path = ".kubetune/kfp
     run_id = run_id or new_run_id()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(Path(pipeline_root).resolve()),
                raise_on_error=True)
-    pipeline = build_pipeline(without_retries(cfg))
+    pipeline = build_pipeline(with_retries(cfg, retries))
     started = time.monotonic()
     try:
         pipeline(config=cfg.model_dump_json(), run_id=run_id, scheduled=scheduled)

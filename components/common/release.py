@@ -46,11 +46,20 @@ def release_uri(root: str, model: str, version: str) -> str:
 
 
 def read_release(uri: str) -> dict:
-    """release.json of a complete release (one whose manifest exists)."""
-    if storage.read_manifest(uri) is None:
+    """release.json of a complete release (one whose manifest exists), verified against the manifest."""
+    manifest = storage.read_manifest(uri)
+    if manifest is None:
         raise ReleaseError(f"{uri}: no complete release here (no {storage.MANIFEST_NAME}); expected the "
                            "URI of a published release, e.g. s3://bucket/prefix/releases/<model>/<version>")
+    entry = next((f for f in manifest.files if f.path == RELEASE_FILE), None)
+    if entry is None:
+        raise ReleaseError(f"{uri}: its {storage.MANIFEST_NAME} lists no {RELEASE_FILE}; expected a release "
+                           "published by kubetune's publish step")
     path = storage.fetch_file(storage.join_uri(uri, RELEASE_FILE))
+    # release.json holds every other file's sha256: an edited copy (the object's own sha256 metadata
+    # can be missing or rewritten too) must not be believed, so it is checked against the manifest
+    if (actual := storage.sha256_file(path)) != entry.sha256:
+        raise storage.HashMismatch(storage.mismatch_message(uri, entry, actual))
     try:
         release = json.loads(Path(path).read_text())
     except ValueError as e:

@@ -279,6 +279,36 @@ def write_text(uri: str, text: str) -> None:
         os.replace(tmp, path)
 
 
+def create_exclusive(uri: str, text: str) -> bool:
+    """Create an s3 key (a conditional PUT, If-None-Match: *) or a local file (O_EXCL) holding text, only
+    if nothing is there yet: True when this call created it, False when it already existed. Of writers
+    racing for one name, exactly one gets True."""
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        with translated(uri, "creating", client):
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*",
+                                  ContentType="application/json")
+            except ClientError as e:  # 412: it exists; 409: a concurrent conditional write won
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                    return False
+                raise
+        return True
+    path = local_path(uri)
+    with translated(uri, "creating"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    return True
+
+
 def delete(uri: str) -> None:
     """Delete an s3 key or a local file; a missing local file is not an error."""
     if is_s3(uri):

@@ -32,6 +32,7 @@ from components.common.s3 import (
     ObjectInfo,
     TransferStats,
     copy_hashed,
+    create_exclusive,
     delete,
     download_file,
     list_objects,
@@ -50,7 +51,7 @@ from components.common.uris import is_hf, is_s3, join_uri, local_path, sha256_fi
 
 __all__ = [  # the public API of components.common.storage: callers use storage.X for these
     "MANIFEST_NAME", "PICKLE_PATTERNS", "AccessDenied", "EndpointUnreachable", "FileEntry", "HashMismatch",
-    "Manifest", "NotFound", "ObjectInfo", "StorageError", "TransferStats", "download_file",
+    "Manifest", "NotFound", "ObjectInfo", "StorageError", "TransferStats", "create_exclusive", "download_file",
     "fetch_dir", "fetch_file", "fetch_model", "is_hf", "is_s3", "join_uri", "list_objects", "local_path",
     "mismatch_message", "publish_dir", "read_manifest", "s3_client", "sha256_file", "split_s3",
     "transfer_stats", "upload_file",

@@ -31,6 +31,9 @@ from components.common.release import (
 )
 
 log = logging.getLogger(__name__)
+# Created (only if absent) in the release prefix before anything is uploaded there: the run that got it
+# owns the version. Not part of the release (its manifest does not list it).
+CLAIM_FILE = ".publish-claim.json"
 
 
 @dataclass
@@ -91,6 +94,7 @@ def run(cfg: KubetuneConfig, *, merged: Path, eval_dir: Path, adapter: Path | No
     gate = _read_json(eval_dir / "gate.json")
     if not gate.get("passed"):
         raise ReleaseError(f"{eval_dir / 'gate.json'}: the eval gate failed; refusing to publish a release")
+    _claim(uri, version, run_id)
     parts = {"merged": merged, "adapter": adapter, "gguf": gguf}
     with tempfile.TemporaryDirectory(prefix="kubetune-release-") as staging_name:
         staging = Path(staging_name)
@@ -119,6 +123,22 @@ def run(cfg: KubetuneConfig, *, merged: Path, eval_dir: Path, adapter: Path | No
         manifest = storage.publish_dir(staging, uri, producer="publish", lineage=release["lineage"])
     log.info("published release %s", uri)
     return Release(uri=uri, version=version, release=release, manifest=manifest)
+
+
+def _claim(uri: str, version: str, run_id: str) -> None:
+    """Take the version before uploading anything: CLAIM_FILE, created only if absent. Two runs that
+    publish one version at the same time both pass the check above; without this, both would upload
+    into the same prefix and each overwrite the other's files. A retry of the same run may go on."""
+    claim = storage.join_uri(uri, CLAIM_FILE)
+    if storage.create_exclusive(claim, json.dumps({"run_id": run_id}) + "\n"):
+        return
+    try:
+        owner = json.loads(storage.fetch_file(claim).read_text()).get("run_id")
+    except (ValueError, AttributeError, storage.StorageError):
+        owner = None
+    if owner != run_id:
+        raise ReleaseError(f"{uri}: version {version} is already published or being published by run "
+                           f"{owner or '(unknown)'}; releases are immutable, expected a new version")
 
 
 def _exists(uri: str) -> bool:

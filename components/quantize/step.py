@@ -13,6 +13,7 @@ whose checks fail still writes the reports, then raises VerificationFailed or Qu
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -24,7 +25,12 @@ from components.common.config import KubetuneConfig
 from components.common.tokenizer import load_tokenizer
 from components.quantize import convert as converter
 from components.quantize import native, ollama, quant_types, verify
-from components.quantize.errors import ModelInputError, QualityGateFailed, VerificationFailed
+from components.quantize.errors import (
+    InsufficientDiskSpace,
+    ModelInputError,
+    QualityGateFailed,
+    VerificationFailed,
+)
 
 log = logging.getLogger("kubetune.quantize")
 REPORT_JSON, REPORT_MD = "quantize_report.json", "report.md"
@@ -49,6 +55,9 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
     types = quant_types.parse_types(q.types)  # unknown types fail before any work
     base_type = quant_types.OUTTYPE_NAMES[q.outtype]
     hf_config = converter.check_model_dir(model_dir)
+    from components.common import hf_hub
+
+    hf_hub.check_custom_code(model_dir, cfg.model.trust_remote_code, f"model {model_dir}", ModelInputError)
     output_dir.mkdir(parents=True, exist_ok=True)
     needed = quant_types.ensure_disk_space(model_dir, output_dir, q.outtype, types)
     tokenizer = load_tokenizer(cfg, model_dir, error=ModelInputError)
@@ -77,6 +86,9 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
                 log.info("quantized %s in %.1f s", paths[t].name, quantize_seconds[t])
         report = _verify_all(cfg, model_dir, hf_config, tokenizer, eval_set, paths, quantize_seconds,
                              base_type)
+    except Exception as e:
+        _raise_if_disk_full(e, output_dir, needed)  # before the work files go: a full disk stays full
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["converter"] = {
@@ -84,12 +96,16 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
         "seconds": round(conv.seconds, 2), "architecture": conv.architecture,
         "pre_tokenizer": conv.pre_tokenizer, "pre_tokenizer_source": conv.pre_tokenizer_source,
         "chkhsh": conv.chkhsh, "disk_bytes_needed": needed, "llama_cpp_python": _version("llama_cpp_python")}
-    modelfiles = _write_modelfiles(report, paths, types, eval_set, output_dir)
-    wrong, gate = problems(report)
-    report.update(passed=not (wrong or gate), problems=wrong + gate,
-                  seconds=round(time.monotonic() - started, 2))
-    (output_dir / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (output_dir / REPORT_MD).write_text(markdown(report))
+    try:
+        modelfiles = _write_modelfiles(report, paths, types, eval_set, output_dir)
+        wrong, gate = problems(report)
+        report.update(passed=not (wrong or gate), problems=wrong + gate,
+                      seconds=round(time.monotonic() - started, 2))
+        (output_dir / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
+        (output_dir / REPORT_MD).write_text(markdown(report))
+    except OSError as e:
+        _raise_if_disk_full(e, output_dir, needed)
+        raise
     where = f"report: {output_dir / REPORT_JSON}"
     if wrong:
         raise VerificationFailed(f"GGUF verification failed ({where}):\n  " + "\n  ".join(wrong))
@@ -97,6 +113,34 @@ def run(cfg: KubetuneConfig, model_dir: str | Path, output_dir: str | Path, *, e
         raise QualityGateFailed(f"quantization lost too much quality ({where}):\n  " + "\n  ".join(gate))
     return QuantizeResult(output_dir=output_dir, files={t: paths[t] for t in types}, modelfiles=modelfiles,
                           report_path=output_dir / REPORT_JSON, report=report)
+
+
+# Free bytes below which a failure at the output directory counts as the disk having filled up.
+DISK_FULL_MARGIN = 1 << 20
+
+
+def _raise_if_disk_full(exc: BaseException, where: Path, needed: int) -> None:
+    """Raise InsufficientDiskSpace (from exc) when exc came from the disk at `where` filling up during
+    the work: ENOSPC anywhere in its chain, or (almost) no free space left there now. Without this a
+    full disk shows as whatever broke first: a converter exiting with an empty log, a truncated status
+    file, a quantizer's write error."""
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    enospc = any(isinstance(c, OSError) and c.errno == errno.ENOSPC or "No space left on device" in str(c)
+                 for c in chain)
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if enospc or free < DISK_FULL_MARGIN:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise InsufficientDiskSpace(
+            f"{where}: no space left on device while quantizing ({quant_types._gib(free)} free now; the "
+            f"GGUF files need about {quant_types._gib(needed)}); the step stopped at "
+            f"{type(exc).__name__}: {first}. Free some space or point the output (the staging directory: "
+            "TMPDIR) at a larger disk", needed=needed, free=free) from exc
 
 
 def _verify_all(cfg, model_dir, hf_config, tokenizer, eval_set, paths, quantize_seconds, base_type) -> dict:
