@@ -11,7 +11,7 @@ Session fixtures (each built once, shared by every test of the session):
   servers         two `kubetune serve-local` processes started together, each one vLLM's CPU build:
                   "merged" serves the demo release as published (its values.yaml only), "lora" serves
                   lora_trained's base with its adapter (LORA_VALUES, through --lora-modules)
-  prometheus      a real Prometheus (Debian package) on 127.0.0.1 scraping both every second
+  prometheus      a real Prometheus (Debian package) on 127.0.0.1 scraping both every 200 ms
   gguf_server     `kubetune serve-local --gguf`: llama.cpp's llama-server (--metrics) on the release's GGUF
   gguf_prometheus another real Prometheus, scraping only the GGUF server
 
@@ -136,8 +136,11 @@ def servers(trained, lora_trained, serving_env, tmp_path_factory, request):
 # ---- Prometheus ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def prometheus(servers, tmp_path_factory):
+    # Every 200 ms, not every second: on a fast CI machine the merged server's 768-token bursts were over
+    # between two 1 s scrapes (three bursts, six 0.25 s polls, all 0), so test_serving_prometheus.py never
+    # saw the N requests running together.
     prom = start_prometheus({f"vllm-{name}": s.port for name, s in servers.items()},
-                            tmp_path_factory.mktemp("prometheus"))
+                            tmp_path_factory.mktemp("prometheus"), scrape_interval="200ms")
     try:
         yield prom
     finally:

@@ -252,15 +252,16 @@ def wait_for(prom: Prometheus, expr: str, want: float, timeout: float = 60) -> f
     raise AssertionError(f"{expr}: Prometheus has {got}, expected {want} (waited {timeout} s)")
 
 
-def start_prometheus(targets: dict[str, int], tmp: Path) -> Prometheus:
-    """A real Prometheus on 127.0.0.1 scraping each 127.0.0.1:<port> every second (job = the name); returned
-    once every target is up. The caller kills its process group."""
+def start_prometheus(targets: dict[str, int], tmp: Path, scrape_interval: str = "1s") -> Prometheus:
+    """A real Prometheus on 127.0.0.1 scraping each 127.0.0.1:<port> every `scrape_interval` (job = the name);
+    returned once every target is up. The caller kills its process group."""
     binary = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK)
                                             else None)
     if binary is None:
         pytest.fail("prometheus is not installed: run `make install` (or `make install-prometheus`: the Debian "
                     "package prometheus)", pytrace=False)
-    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+    config = {"global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
+                         "evaluation_interval": "1s"},
               "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
                                  for job, port in targets.items()]}
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
