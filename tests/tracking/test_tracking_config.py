@@ -8,8 +8,8 @@ import pytest
 from components.common import tracking
 from components.common.config import ConfigError, config_from_dict
 
-BASE = {"model": {"name": "m", "base": "hf://org/model"}, "data": {"sources": [{"uri": "s3://b/a.jsonl"}]},
-        "storage": {"root": "s3://b/root"}}
+BASE = {"model": {"name": "m", "base": "hf://org/model"}, "data": {"sources": [{"uri": "s3://kt-bucket/a.jsonl"}]},
+        "storage": {"root": "s3://kt-bucket/root"}}
 
 
 def config(**tracking_section):
@@ -64,9 +64,9 @@ def test_turning_tracking_on_keeps_the_config_hash():
 
 def test_flatten_names_every_leaf_by_its_dotted_path():
     flat = tracking.flatten({"train": {"lora": {"r": 16, "target_modules": ["q", "v"]}, "lr": 2e-4, "x": None},
-                             "data": {"sources": [{"uri": "s3://b/a", "weight": 1.0}]}, "empty": [], "map": {}})
+                             "data": {"sources": [{"uri": "s3://kt-bucket/a", "weight": 1.0}]}, "empty": [], "map": {}})
     assert flat == {"train.lora.r": "16", "train.lora.target_modules.0": "q", "train.lora.target_modules.1": "v",
-                    "train.lr": "0.0002", "train.x": "null", "data.sources.0.uri": "s3://b/a",
+                    "train.lr": "0.0002", "train.x": "null", "data.sources.0.uri": "s3://kt-bucket/a",
                     "data.sources.0.weight": "1.0", "empty": "[]", "map": "{}"}
     assert len(tracking.flatten({"k": "x" * 10_000})["k"]) == tracking.MAX_PARAM_CHARS
 
