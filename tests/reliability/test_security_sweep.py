@@ -294,3 +294,35 @@ def test_the_canary_s3_checks_the_secret(canary_s3, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "s3", "cp", str(src), "s3://kt-sweep-check/f.txt"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------- the demo run
+def test_the_demo_pipeline_run_leaks_no_secret(demo_run, s3_server, tmp_path):
+    """run-local and the demo: the session's one run of the demo pipeline (tests/conftest.py demo_run,
+    shared with tests/pipelines, tests/serving and tests/tracking, so this costs no extra training) ran
+    with the S3 server's secret key and MLflow credentials in its environment. Neither may appear in
+    anything it wrote: the KFP local runner's root (executor inputs and outputs) and every object in
+    every bucket of the S3 server (step outputs and reports, checkpoints, the release, MLflow artifacts)."""
+    from demo_run import DEMO_RUN_MLFLOW_CREDENTIALS
+
+    secrets = [s3_server.secret_key, DEMO_RUN_MLFLOW_CREDENTIALS["MLFLOW_TRACKING_PASSWORD"]]
+    pats = sorted({p for s in secrets for p in (s.encode(), urllib.parse.quote(s).encode(),
+                                                 base64.b64encode(s.encode()).rstrip(b"="))})
+    client = s3_server.client()
+    objects, hits = 0, {}
+    for bucket in (b["Name"] for b in client.list_buckets()["Buckets"]):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                data = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                objects += 1
+                if found := sum(data.count(p) for p in pats):
+                    hits[f"s3://{bucket}/{obj['Key']}"] = found
+    files = 0
+    for path in sorted(demo_run.pipeline_root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files += 1
+            if found := sum(path.read_bytes().count(p) for p in pats):
+                hits[str(path)] = found
+    print(f"\n[security sweep, demo run] {objects} S3 objects and {files} local files searched, {len(hits)} hits")
+    assert not hits, f"secrets leaked into: {hits}"
+    assert objects > 50 and files > 5, (objects, files)  # the run's outputs really were there
