@@ -54,16 +54,6 @@ def clean_env(s3: dict | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def environ(values: dict[str, str]):
-    """os.environ with `values` set inside the block, restored afterwards (for in-process reads)."""
-    saved = dict(os.environ)
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def kubetune(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from demo_run import environ
 from faults_helpers import (
     HERE,
     OwnedS3,
     bucket_objects,
     clean_env,
     count_objects,
-    environ,
     fill_disk,
     kubetune,
     object_sha256,
